@@ -1,0 +1,111 @@
+"""Password hashing and token encoding: the only code that touches argon2 or PyJWT."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from service.errors import InvalidTokenError
+from service.settings import AuthSettings
+
+
+class PasswordHasher:
+    """argon2id via pwdlib; hashing runs in a thread because it is deliberately slow."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._hash = PasswordHash(
+            (
+                Argon2Hasher(
+                    time_cost=settings.argon2_time_cost,
+                    memory_cost=settings.argon2_memory_cost_kib,
+                    parallelism=settings.argon2_parallelism,
+                ),
+            )
+        )
+        # Verifying against this when the email is unknown keeps login time the same for
+        # existing and missing accounts, so timing does not reveal which emails are registered.
+        self._decoy_hash = self._hash.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hash.hash, password)
+
+    async def verify_and_update(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
+        """Returns (valid, new_hash); new_hash is set when the stored hash uses old parameters."""
+        if hashed is None:
+            await asyncio.to_thread(self._hash.verify, password, self._decoy_hash)
+            return False, None
+        return await asyncio.to_thread(self._hash.verify_and_update, password, hashed)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: int
+    session_id: str
+    token_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAccessToken:
+    token: str
+    expires_in: int
+
+
+class AccessTokenCodec:
+    """Short-lived signed JWTs. The algorithm is pinned on decode, so `alg: none` and
+    algorithm-confusion tokens are refused."""
+
+    _required_claims = ("exp", "iat", "sub", "jti", "sid", "iss")
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._secret = settings.jwt_secret.get_secret_value()
+        self._algorithm = settings.jwt_algorithm
+        self._issuer = settings.jwt_issuer
+        self._ttl = settings.access_token_ttl_seconds
+
+    def issue(self, *, user_id: int, session_id: str) -> IssuedAccessToken:
+        now = datetime.now(UTC)
+        claims = {
+            "iss": self._issuer,
+            "sub": str(user_id),
+            "sid": session_id,
+            "jti": str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + timedelta(seconds=self._ttl),
+        }
+        token = jwt.encode(claims, self._secret, algorithm=self._algorithm)
+        return IssuedAccessToken(token=token, expires_in=self._ttl)
+
+    def decode(self, token: str) -> AccessClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[self._algorithm],
+                issuer=self._issuer,
+                options={"require": list(self._required_claims)},
+            )
+            return AccessClaims(
+                user_id=int(claims["sub"]),
+                session_id=str(claims["sid"]),
+                token_id=str(claims["jti"]),
+                expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidTokenError() from exc
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,8 @@
+"""Imports every table so that Base.metadata is complete (for Alembic and tests)."""
+
+from service.auth.models import AuthSession, RefreshToken
+from service.db.base import Base
+from service.items.models import Item
+from service.users.models import User
+
+__all__ = ["AuthSession", "Base", "Item", "RefreshToken", "User"]

@@ -1,0 +1,241 @@
+"""The application's error tree and the one place that renders every error.
+
+Every error leaves the service as RFC 9457 problem details (``application/problem+json``) with a
+stable machine-readable ``code``, so clients branch on ``code`` and never parse ``detail``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://glasshouse.dev/problems/"
+
+log = logging.getLogger(__name__)
+
+
+class ProblemResponse(Response):
+    media_type = PROBLEM_CONTENT_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class AppError(Exception):
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+
+
+class NotFoundError(AppError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class ConflictError(AppError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class EmailTakenError(ConflictError):
+    code = "email_taken"
+    title = "Email already registered"
+
+
+class LastAdminError(ConflictError):
+    code = "last_admin"
+    title = "The last active admin cannot be removed"
+
+
+class AuthenticationError(AppError):
+    status = 401
+    code = "not_authenticated"
+    title = "Not authenticated"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidCredentialsError(AuthenticationError):
+    code = "invalid_credentials"
+    title = "Incorrect email or password"
+
+
+class InvalidTokenError(AuthenticationError):
+    code = "invalid_token"
+    title = "Invalid or expired token"
+
+
+class RefreshTokenReusedError(AuthenticationError):
+    code = "refresh_token_reused"
+    title = "Refresh token already used; the session has been revoked"
+
+
+class InactiveUserError(AppError):
+    status = 403
+    code = "inactive_user"
+    title = "User is inactive"
+
+
+class ForbiddenError(AppError):
+    status = 403
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class WrongPasswordError(AppError):
+    status = 400
+    code = "wrong_password"
+    title = "Current password is incorrect"
+
+
+class PayloadTooLargeError(AppError):
+    status = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
+_HTTP_STATUS_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "Bad request"),
+    401: ("not_authenticated", "Not authenticated"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("too_many_requests", "Too many requests"),
+}
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> ProblemResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "code": code,
+    }
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+async def _app_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, AppError)
+    return problem_response(
+        request,
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code, title = _HTTP_STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem_response(
+        request,
+        status=exc.status_code,
+        code=code,
+        title=title,
+        detail=detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+def _is_json_content_type(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors: Sequence[Any] = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return problem_response(
+            request,
+            status=400,
+            code="malformed_json",
+            title="Malformed JSON",
+            detail="The request body is not valid JSON.",
+        )
+    body_is_whole_object_error = any(
+        tuple(error.get("loc", ())) == ("body",) and error.get("type") == "model_attributes_type"
+        for error in errors
+    )
+    if body_is_whole_object_error and not _is_json_content_type(request):
+        return problem_response(
+            request,
+            status=415,
+            code="unsupported_media_type",
+            title="Unsupported media type",
+            detail="Send the request body as application/json.",
+        )
+    return problem_response(
+        request,
+        status=422,
+        code="validation_failed",
+        title="Validation failed",
+        detail="The request did not validate; see errors.",
+        extra={"errors": [_public_error(error) for error in errors]},
+    )
+
+
+def _public_error(error: Any) -> dict[str, Any]:
+    # The rejected input is left out: it may be a password.
+    return {
+        "loc": [str(part) for part in error.get("loc", ())],
+        "msg": str(error.get("msg", "")),
+        "type": str(error.get("type", "")),
+    }
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
+    log.exception("unhandled_exception", exc_info=exc)
+    return problem_response(
+        request,
+        status=500,
+        code="internal_error",
+        title="Internal server error",
+        detail="An unexpected error occurred. Quote the request_id when reporting it.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,72 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, status
+
+from service.auth.dependencies import CurrentUser
+from service.dependencies import SessionDep
+from service.items import service
+from service.items.dependencies import VisibleItem
+from service.items.models import ItemStatus
+from service.items.schemas import ItemCreate, ItemRead, ItemSort, ItemUpdate
+from service.items.service import ItemFilters
+from service.schemas import MAX_ID, Page, PageParams, page_params
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+_not_found: dict[int | str, dict[str, Any]] = {404: {"description": "No such item, or not yours"}}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create an item")
+async def create_item(data: ItemCreate, user: CurrentUser, session: SessionDep) -> ItemRead:
+    item = await service.create_item(session=session, owner=user, data=data)
+    return ItemRead.model_validate(item)
+
+
+@router.get("", summary="List your items (admins: everyone's), filtered and sorted")
+async def list_items(
+    user: CurrentUser,
+    session: SessionDep,
+    page: Annotated[PageParams, Depends(page_params)],
+    item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
+    priority: Annotated[int | None, Query(ge=1, le=5)] = None,
+    q: Annotated[
+        str | None, Query(min_length=1, max_length=100, description="Title contains")
+    ] = None,
+    owner_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Admins only: one owner's items")
+    ] = None,
+    sort: ItemSort = ItemSort.created_desc,
+) -> Page[ItemRead]:
+    filters = ItemFilters(
+        status=item_status, priority=priority, title_contains=q, owner_id=owner_id
+    )
+    items, total = await service.list_items(
+        session=session, viewer=user, filters=filters, sort=sort, page=page
+    )
+    return Page[ItemRead](
+        items=[ItemRead.model_validate(item) for item in items],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get("/{item_id}", summary="Get one item", responses=_not_found)
+async def get_item(item: VisibleItem) -> ItemRead:
+    return ItemRead.model_validate(item)
+
+
+@router.patch("/{item_id}", summary="Change an item", responses=_not_found)
+async def update_item(data: ItemUpdate, item: VisibleItem, session: SessionDep) -> ItemRead:
+    updated = await service.update_item(session=session, item=item, data=data)
+    return ItemRead.model_validate(updated)
+
+
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an item",
+    responses=_not_found,
+)
+async def delete_item(item: VisibleItem, session: SessionDep) -> None:
+    await service.delete_item(session=session, item=item)

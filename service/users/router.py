@@ -1,0 +1,81 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, status
+
+from service.auth.dependencies import AdminUser, CurrentUser
+from service.dependencies import PasswordsDep, SessionDep
+from service.schemas import Page, PageParams, page_params
+from service.users import service
+from service.users.dependencies import UserById
+from service.users.schemas import PasswordChange, UserAdminUpdate, UserRead, UserUpdateMe
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+_not_found: dict[int | str, dict[str, Any]] = {404: {"description": "No such user"}}
+
+
+@router.get("/me", summary="Your own account")
+async def read_me(user: CurrentUser) -> UserRead:
+    return UserRead.model_validate(user)
+
+
+@router.patch("/me", summary="Change your name or email", responses={409: {}})
+async def update_me(data: UserUpdateMe, user: CurrentUser, session: SessionDep) -> UserRead:
+    updated = await service.update_me(session=session, user=user, data=data)
+    return UserRead.model_validate(updated)
+
+
+@router.post(
+    "/me/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Change your password (ends every login session)",
+)
+async def change_password(
+    data: PasswordChange, user: CurrentUser, session: SessionDep, passwords: PasswordsDep
+) -> None:
+    await service.change_password(session=session, passwords=passwords, user=user, data=data)
+
+
+@router.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete your account and everything it owns",
+)
+async def delete_me(user: CurrentUser, session: SessionDep) -> None:
+    await service.delete_user(session=session, user=user)
+
+
+@router.get("", summary="List users (admin)")
+async def list_users(
+    _: AdminUser, session: SessionDep, page: Annotated[PageParams, Depends(page_params)]
+) -> Page[UserRead]:
+    users, total = await service.list_users(session=session, page=page)
+    return Page[UserRead](
+        items=[UserRead.model_validate(user) for user in users],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get("/{user_id}", summary="Get a user (admin)", responses=_not_found)
+async def get_user(_: AdminUser, user: UserById) -> UserRead:
+    return UserRead.model_validate(user)
+
+
+@router.patch("/{user_id}", summary="Change a user's role or status (admin)", responses=_not_found)
+async def update_user(
+    data: UserAdminUpdate, _: AdminUser, user: UserById, session: SessionDep
+) -> UserRead:
+    updated = await service.admin_update(session=session, user=user, data=data)
+    return UserRead.model_validate(updated)
+
+
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a user (admin)",
+    responses=_not_found,
+)
+async def delete_user(_: AdminUser, user: UserById, session: SessionDep) -> None:
+    await service.delete_user(session=session, user=user)

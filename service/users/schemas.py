@@ -1,0 +1,54 @@
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from service.schemas import StrictInput
+from service.users.models import Role
+
+Password = Annotated[str, Field(min_length=8, max_length=128, examples=["correct-horse-42"])]
+FullName = Annotated[str, Field(min_length=1, max_length=200, examples=["Ada Lovelace"])]
+
+
+class _NormalizedEmail(StrictInput):
+    @field_validator("email", mode="after", check_fields=False)
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value is not None else None
+
+
+class UserCreate(_NormalizedEmail):
+    email: Annotated[EmailStr, Field(max_length=320, examples=["ada@example.com"])]
+    password: Password
+    full_name: FullName | None = None
+
+
+class UserUpdateMe(_NormalizedEmail):
+    not_nullable = ("email",)
+
+    email: Annotated[EmailStr | None, Field(max_length=320)] = None
+    full_name: FullName | None = None
+
+
+class UserAdminUpdate(StrictInput):
+    not_nullable = ("role", "is_active")
+
+    role: Role | None = None
+    is_active: bool | None = None
+    full_name: FullName | None = None
+
+
+class PasswordChange(StrictInput):
+    current_password: Annotated[str, Field(min_length=1, max_length=128)]
+    new_password: Password
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    full_name: str | None
+    role: Role
+    is_active: bool
+    created_at: datetime

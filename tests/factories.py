@@ -1,0 +1,81 @@
+"""Test data made through the public API, the way a client would make it."""
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+API = "/api/v1"
+DEFAULT_PASSWORD = "correct-horse-battery"
+_counter = itertools.count(1)
+
+
+@dataclass
+class Account:
+    id: int
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}{next(_counter)}@example.com"
+
+
+async def register(
+    client: httpx.AsyncClient, *, email: str | None = None, password: str = DEFAULT_PASSWORD
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{API}/auth/register", json={"email": email or unique_email(), "password": password}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+    return await client.post(f"{API}/auth/token", data={"username": email, "password": password})
+
+
+async def make_account(
+    client: httpx.AsyncClient, *, email: str | None = None, password: str = DEFAULT_PASSWORD
+) -> Account:
+    user = await register(client, email=email, password=password)
+    response = await login(client, user["email"], password)
+    assert response.status_code == 200, response.text
+    tokens = response.json()
+    return Account(
+        id=user["id"],
+        email=user["email"],
+        password=password,
+        access_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    )
+
+
+async def make_item(client: httpx.AsyncClient, account: Account, **fields: Any) -> dict[str, Any]:
+    payload = {"title": "Water the ferns", **fields}
+    response = await client.post(f"{API}/items", json=payload, headers=account.headers)
+    assert response.status_code == 201, response.text
+    item: dict[str, Any] = response.json()
+    return item
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Every error has one shape: RFC 9457 problem details with a stable code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"].endswith("/" + code)
+    assert isinstance(body["title"], str)
+    assert body["title"]
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    assert body["instance"] == response.request.url.path
+    return body
