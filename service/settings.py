@@ -14,9 +14,9 @@ from typing import Annotated, Self
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEVELOPMENT_JWT_SECRET = "development-only-secret-change-me-0123456789"  # noqa: S105
+# 64 bytes: long enough for every HS* algorithm, so PyJWT never warns about key length.
+DEVELOPMENT_JWT_SECRET = "development-only-jwt-secret-never-use-in-production-0123456789ab"  # noqa: S105
 EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///./glasshouse.db"
-_MIN_SECRET_LENGTH = 32
 
 
 class Environment(StrEnum):
@@ -59,7 +59,9 @@ class DatabaseSettings(BaseModel):
 class AuthSettings(BaseModel):
     jwt_secret: Annotated[
         SecretStr,
-        Field(description="HMAC key for access tokens. Required (32+ chars) outside development."),
+        Field(
+            description="HMAC key for access tokens; production needs a random 32+ bytes (HS256)."
+        ),
     ] = SecretStr(DEVELOPMENT_JWT_SECRET)
     jwt_algorithm: Annotated[
         str, Field(pattern=r"^HS(256|384|512)$", description="HMAC algorithm pinned on decode.")
@@ -136,10 +138,12 @@ class Settings(BaseSettings):
             object.__setattr__(self, "database", self.database.model_copy(update={"url": url}))
         if self.environment is Environment.production:
             secret = self.auth.jwt_secret.get_secret_value()
-            if secret == DEVELOPMENT_JWT_SECRET or len(secret) < _MIN_SECRET_LENGTH:
+            # RFC 7518: an HMAC key at least as long as the hash output (HS256: 32 bytes).
+            min_length = int(self.auth.jwt_algorithm.removeprefix("HS")) // 8
+            if secret == DEVELOPMENT_JWT_SECRET or len(secret.encode()) < min_length:
                 raise ValueError(
                     "GLASSHOUSE_AUTH__JWT_SECRET must be set to a random value of at least "
-                    f"{_MIN_SECRET_LENGTH} characters in production (generate one with: "
+                    f"{min_length} bytes in production (generate one with: "
                     "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
                 )
         return self

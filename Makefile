@@ -1,0 +1,38 @@
+# Every target installs what it needs: uv (via pip, if missing), then the locked environment.
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+RUN := $(UV) run --frozen
+
+.DEFAULT_GOAL := help
+.PHONY: help uv install run test lint format typecheck check migrate
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+
+install: uv  ## Create .venv from uv.lock
+	@$(UV) sync --frozen --quiet
+
+run: install  ## Run the service on the embedded default (SQLite, no servers needed)
+	$(RUN) python -m service
+
+test: install  ## Run the whole test suite (PostgreSQL on 127.0.0.1:5432 and SQLite) with coverage
+	$(RUN) pytest --cov --cov-report=term --cov-fail-under=90
+
+lint: install  ## ruff lint and format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install  ## Apply ruff's fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+typecheck: install  ## mypy --strict on the service
+	$(RUN) mypy --strict service
+
+check: lint typecheck test  ## Everything CI runs
+
+migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
+	$(RUN) alembic upgrade head
