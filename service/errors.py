@@ -6,11 +6,11 @@ stable machine-readable ``code``, so clients branch on ``code`` and never parse 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import orjson
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,7 +19,7 @@ from starlette.responses import Response
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://glasshouse.dev/problems/"
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class ProblemResponse(Response):
@@ -123,6 +123,31 @@ _HTTP_STATUS_CODES: dict[int, tuple[str, str]] = {
 }
 
 
+def problem_body(
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    instance: str,
+    request_id: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code,
+    }
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    return body
+
+
 def problem_response(
     request: Request,
     *,
@@ -133,20 +158,46 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ProblemResponse:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + code,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "code": code,
-    }
-    request_id = getattr(request.state, "request_id", None)
-    if request_id:
-        body["request_id"] = request_id
-    if extra:
-        body.update(extra)
+    body = problem_body(
+        status=status,
+        code=code,
+        title=title,
+        detail=detail,
+        instance=request.url.path,
+        request_id=getattr(request.state, "request_id", None),
+        extra=extra,
+    )
     return ProblemResponse(body, status_code=status, headers=headers)
+
+
+class InternalError(AppError):
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+    def __init__(self) -> None:
+        super().__init__("An unexpected error occurred. Quote the request_id when reporting it.")
+
+
+def raw_problem(
+    error: AppError, *, path: str, request_id: str | None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of an error, for pure ASGI middleware that answers by itself."""
+    body = orjson.dumps(
+        problem_body(
+            status=error.status,
+            code=error.code,
+            title=error.title,
+            detail=error.detail,
+            instance=path,
+            request_id=request_id,
+        )
+    )
+    headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return error.status, headers, body
 
 
 async def _app_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -224,14 +275,9 @@ def _public_error(error: Any) -> dict[str, Any]:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
-    log.exception("unhandled_exception", exc_info=exc)
-    return problem_response(
-        request,
-        status=500,
-        code="internal_error",
-        title="Internal server error",
-        detail="An unexpected error occurred. Quote the request_id when reporting it.",
-    )
+    # Reached only when RequestContextMiddleware is not installed (it catches first).
+    log.error("unhandled_exception", exc_info=exc)
+    return await _app_error(request, InternalError())
 
 
 def install_error_handlers(app: FastAPI) -> None:

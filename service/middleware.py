@@ -2,15 +2,16 @@
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError
+from service.errors import PayloadTooLargeError, raw_problem
 
 
 class BodySizeLimitMiddleware:
     """Refuses request bodies over ``max_bytes`` with 413.
 
-    A declared Content-Length is judged before any byte is read; a chunked body is counted as
-    it streams, so leaving the header out does not bypass the limit. The error is raised where
-    the app reads the body, so the app's one error handler renders it like every other error.
+    A declared Content-Length is judged before the app runs; a chunked body is counted as it
+    streams, so leaving the header out does not bypass the limit. In that case the 413 is sent
+    from here and the app is told the client went away (FastAPI would otherwise turn any error
+    raised while it reads the body into a 400).
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
@@ -21,22 +22,39 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        max_bytes = self.max_bytes
         declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, send)
+            return
+        max_bytes = self.max_bytes
         received = 0
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            if declared is not None and declared > max_bytes:
-                raise PayloadTooLargeError(f"The body exceeds {max_bytes} bytes.")
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_bytes:
-                    raise PayloadTooLargeError(f"The body exceeds {max_bytes} bytes.")
+                    refused = True
+                    await self._refuse(scope, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def send_unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited_receive, send_unless_refused)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        error = PayloadTooLargeError(f"The body exceeds {self.max_bytes} bytes.")
+        request_id = scope.get("state", {}).get("request_id")
+        status, headers, body = raw_problem(error, path=scope["path"], request_id=request_id)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

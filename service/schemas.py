@@ -3,11 +3,12 @@
 from typing import Annotated, ClassVar, Generic, Self, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PAGE_SIZE = 100
 MAX_OFFSET = 100_000
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and would overflow the driver
+NO_NUL_PATTERN = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
 
 
 class StrictInput(BaseModel):
@@ -17,6 +18,14 @@ class StrictInput(BaseModel):
 
     # Fields that may be left out of a PATCH but never set to null (their columns are NOT NULL).
     not_nullable: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_nul_characters(cls, value: object) -> object:
+        # PostgreSQL cannot store U+0000 in text; refused here it is a 422, not a 500.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
     @model_validator(mode="after")
     def _refuse_explicit_nulls(self) -> Self:

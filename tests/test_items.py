@@ -56,7 +56,7 @@ async def test_create_applies_defaults_and_owner(client: httpx.AsyncClient) -> N
     assert item["owner_id"] == account.id
     created_at = datetime.fromisoformat(item["created_at"])
     assert created_at.utcoffset() is not None, "timestamps must carry their UTC offset"
-    assert datetime.fromisoformat(item["updated_at"]) == created_at
+    assert datetime.fromisoformat(item["updated_at"]) >= created_at
 
 
 async def test_create_stores_every_given_field(client: httpx.AsyncClient) -> None:
@@ -74,7 +74,7 @@ async def test_create_stores_every_given_field(client: httpx.AsyncClient) -> Non
     assert got.json() == created
 
 
-async def test_create_ignores_owner_id_in_body_by_refusing_it(client: httpx.AsyncClient) -> None:
+async def test_create_refuses_an_owner_id_in_the_body(client: httpx.AsyncClient) -> None:
     """A client cannot create an item on someone else's behalf: owner_id is not an input."""
     victim = await make_account(client)
     attacker = await make_account(client)
@@ -738,9 +738,9 @@ async def test_demoted_admin_loses_access_on_the_next_request(
     [
         ("GET", ITEMS, None),
         ("POST", ITEMS, {"title": "Anonymous"}),
-        ("GET", f"{ITEMS}/1", None),
-        ("PATCH", f"{ITEMS}/1", {"title": "Anonymous"}),
-        ("DELETE", f"{ITEMS}/1", None),
+        ("GET", ITEMS + "/{item_id}", None),
+        ("PATCH", ITEMS + "/{item_id}", {"title": "Anonymous"}),
+        ("DELETE", ITEMS + "/{item_id}", None),
     ],
     ids=["list", "create", "get", "patch", "delete"],
 )
@@ -763,7 +763,7 @@ async def test_items_need_authentication(
 ) -> None:
     owner = await make_account(client)
     item = await make_item(client, owner)
-    path = path.replace("/1", f"/{item['id']}")
+    path = path.format(item_id=item["id"])
     headers = {"Authorization": authorization} if authorization else {}
 
     response = await client.request(method, path, json=body, headers=headers)
@@ -818,3 +818,27 @@ async def test_deleting_an_account_deletes_its_items(
     assert (await client.get(f"{ITEMS}/{stayer_item['id']}", headers=stayer.headers)).json() == (
         stayer_item
     )
+
+
+# --- text the databases disagree on -----------------------------------------------------------
+
+
+# PostgreSQL text cannot hold a NUL character (U+0000) while SQLite stores it: input that one
+# backend cannot store is a 422 on both.
+@pytest.mark.parametrize(
+    "fields",
+    [{"title": "nul\x00byte"}, {"title": "Fern", "description": "nul\x00byte"}],
+    ids=["title", "description"],
+)
+async def test_create_refuses_nul_characters(
+    client: httpx.AsyncClient, fields: dict[str, Any]
+) -> None:
+    account = await make_account(client)
+    response = await client.post(ITEMS, json=fields, headers=account.headers)
+    assert_problem(response, 422, "validation_failed")
+
+
+async def test_list_q_with_nul_character_is_refused(client: httpx.AsyncClient) -> None:
+    account = await make_account(client)
+    response = await client.get(ITEMS, params={"q": "nul\x00byte"}, headers=account.headers)
+    assert_problem(response, 422, "validation_failed")

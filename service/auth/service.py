@@ -14,6 +14,7 @@ from service.errors import (
     InvalidTokenError,
     RefreshTokenReusedError,
 )
+from service.observability.metrics import LOGIN_ATTEMPTS, SESSIONS_REVOKED, TOKENS_REFRESHED
 from service.settings import AuthSettings
 from service.users.models import User
 from service.users.service import get_by_email
@@ -28,7 +29,7 @@ MAX_PASSWORD_LENGTH = 128
 async def authenticate(
     *, session: AsyncSession, passwords: PasswordHasher, email: str, password: str
 ) -> User:
-    if len(email) > MAX_EMAIL_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+    if len(email) > MAX_EMAIL_LENGTH or len(password) > MAX_PASSWORD_LENGTH or "\x00" in email:
         raise InvalidCredentialsError()
     user = await get_by_email(session=session, email=email)
     valid, new_hash = await passwords.verify_and_update(
@@ -36,9 +37,11 @@ async def authenticate(
     )
     if user is None or not valid:
         log.info("login_failed", reason="invalid_credentials")
+        LOGIN_ATTEMPTS.labels(outcome="invalid_credentials").inc()
         raise InvalidCredentialsError()
     if not user.is_active:
         log.info("login_failed", reason="inactive", user_id=user.id)
+        LOGIN_ATTEMPTS.labels(outcome="inactive").inc()
         raise InactiveUserError()
     if new_hash is not None:
         # Hashing parameters were raised since this hash was made: upgrade it transparently.
@@ -60,6 +63,7 @@ async def login(
     )
     await session.commit()
     log.info("login_succeeded", user_id=user.id)
+    LOGIN_ATTEMPTS.labels(outcome="success").inc()
     access = access_tokens.issue(user_id=user.id, session_id=auth_session.id)
     return TokenPair(access_token=access.token, expires_in=access.expires_in, refresh_token=refresh)
 
@@ -82,10 +86,11 @@ async def refresh(
     ):
         # A rotated token came back: either the client or a thief holds a copy. End the
         # whole session so that neither can go on with it.
-        await sessions.revoke_session(
+        revoked = await sessions.revoke_session(
             session=session, session_id=auth_session.id, reason="refresh_reuse"
         )
         await session.commit()
+        SESSIONS_REVOKED.labels(reason="refresh_reuse").inc(revoked)
         log.warning("refresh_token_reused", user_id=auth_session.user_id)
         raise RefreshTokenReusedError()
     if token.expires_at <= utc_now():
@@ -100,6 +105,7 @@ async def refresh(
     )
     await session.commit()
     log.info("token_refreshed", user_id=user.id)
+    TOKENS_REFRESHED.inc()
     access = access_tokens.issue(user_id=user.id, session_id=auth_session.id)
     return TokenPair(
         access_token=access.token, expires_in=access.expires_in, refresh_token=new_refresh
@@ -107,6 +113,7 @@ async def refresh(
 
 
 async def logout(*, session: AsyncSession, session_id: str, user_id: int) -> None:
-    await sessions.revoke_session(session=session, session_id=session_id, reason="logout")
+    revoked = await sessions.revoke_session(session=session, session_id=session_id, reason="logout")
     await session.commit()
+    SESSIONS_REVOKED.labels(reason="logout").inc(revoked)
     log.info("logged_out", user_id=user_id)

@@ -9,7 +9,7 @@ from service.items.dependencies import VisibleItem
 from service.items.models import ItemStatus
 from service.items.schemas import ItemCreate, ItemRead, ItemSort, ItemUpdate
 from service.items.service import ItemFilters
-from service.schemas import MAX_ID, Page, PageParams, page_params
+from service.schemas import MAX_ID, NO_NUL_PATTERN, Page, PageParams, page_params
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -30,7 +30,8 @@ async def list_items(
     item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
     priority: Annotated[int | None, Query(ge=1, le=5)] = None,
     q: Annotated[
-        str | None, Query(min_length=1, max_length=100, description="Title contains")
+        str | None,
+        Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN, description="Title contains"),
     ] = None,
     owner_id: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="Admins only: one owner's items")

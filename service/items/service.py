@@ -11,6 +11,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from service.errors import NotFoundError
 from service.items.models import Item, ItemStatus
 from service.items.schemas import ItemCreate, ItemSort, ItemUpdate
+from service.observability.metrics import ITEMS_CREATED, ITEMS_DELETED
 from service.schemas import PageParams
 from service.users.models import Role, User
 
@@ -41,6 +42,7 @@ async def create_item(*, session: AsyncSession, owner: User, data: ItemCreate) -
     session.add(item)
     await session.commit()
     log.info("item_created", item_id=item.id, owner_id=owner.id)
+    ITEMS_CREATED.inc()
     return item
 
 
@@ -82,6 +84,7 @@ async def delete_item(*, session: AsyncSession, item: Item) -> None:
     await session.delete(item)
     await session.commit()
     log.info("item_deleted", item_id=item.id)
+    ITEMS_DELETED.inc()
 
 
 def _filtered(query: _Query, *, viewer: User, filters: ItemFilters) -> _Query:

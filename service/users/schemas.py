@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, Strict, field_validator
 
 from service.schemas import StrictInput
 from service.users.models import Role
@@ -34,7 +34,7 @@ class UserAdminUpdate(StrictInput):
     not_nullable = ("role", "is_active")
 
     role: Role | None = None
-    is_active: bool | None = None
+    is_active: Annotated[bool, Strict()] | None = None
     full_name: FullName | None = None
 
 
