@@ -1,9 +1,15 @@
 """Prints the README's configuration table from the Settings model, so the two never drift
-(tests/test_readme.py fails when they do). Run: uv run python scripts/settings_table.py"""
+(tests/test_readme.py fails when they do). Update the README in place with:
+uv run python scripts/settings_table.py --write README.md"""
 
-from pydantic import BaseModel
+import re
+import sys
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
 
 from service.settings import Settings
 
@@ -14,12 +20,16 @@ def rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+            # A group with its own standard prefix (OTEL_*).
+            found += rows(annotation, str(annotation.model_config.get("env_prefix", "")))
+            continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             found += rows(annotation, f"{prefix}{name.upper()}__")
             continue
         variable = f"{prefix}{name.upper()}"
-        if name == "database_url":
-            variable = "DATABASE_URL"
+        if isinstance(field.validation_alias, AliasChoices):
+            variable = str(field.validation_alias.choices[0])
         found.append((variable, _default(field), field.description or ""))
     return found
 
@@ -46,5 +56,19 @@ def table() -> str:
     return "\n".join(lines)
 
 
+MARKERS = re.compile(r"(<!-- settings-table:.*?-->\n)(.*?)(\n<!-- /settings-table -->)", re.S)
+
+
+def write(readme: Path) -> None:
+    text = readme.read_text()
+    updated, count = MARKERS.subn(lambda m: m.group(1) + table() + m.group(3), text)
+    if count != 1:
+        raise SystemExit(f"{readme}: settings-table markers not found")
+    readme.write_text(updated)
+
+
 if __name__ == "__main__":
-    print(table())
+    if sys.argv[1:2] == ["--write"]:
+        write(Path(sys.argv[2]))
+    else:
+        print(table())

@@ -1,21 +1,23 @@
-"""`python -m service`: run the service for local development (one process, uvicorn).
+"""`python -m service`: run the service in one process (uvicorn), for local development.
 
-Production runs gunicorn with uvicorn workers instead; see the README.
+Production runs gunicorn with uvicorn workers instead (`gunicorn -c gunicorn.conf.py`).
 """
 
 import sys
 
 import uvicorn
 
+from service.observability.setup import start_metrics_listener
 from service.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
     where = f"http://{settings.http.host}:{settings.http.port}"
+    metrics_where = start_metrics_listener(settings)
     print(
         f"Glasshouse listening on {where}  (API docs: {where}/docs, "
-        f"database: {settings.database.url.split('@')[-1]})",
+        f"metrics: {metrics_where or 'off'}, database: {settings.database.url.split('@')[-1]})",
         file=sys.stderr,
         flush=True,
     )
@@ -24,6 +26,8 @@ def main() -> None:
         factory=True,
         host=settings.http.host,
         port=settings.http.port,
+        log_config=None,  # create_app configures logging: JSON or console, per settings
+        access_log=False,  # the app writes one canonical line per request itself
     )
 
 

@@ -9,11 +9,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service.auth.security import AccessTokenCodec, PasswordHasher
 from service.db.migrate import upgrade_to_head
 from service.db.session import create_engine, create_sessionmaker
+from service.observability import setup as observability
 from service.settings import Settings
 from service.users.service import ensure_bootstrap_admin
 
@@ -27,11 +29,12 @@ class AppState(TypedDict):
 
 
 def make_lifespan(
-    settings: Settings,
+    settings: Settings, tracer_provider: TracerProvider | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings.database)
+        observability.observe_engine(engine, settings, tracer_provider)
         try:
             if settings.should_auto_migrate:
                 await upgrade_to_head(engine)
@@ -48,5 +51,7 @@ def make_lifespan(
             )
         finally:
             await engine.dispose()
+            # Last, so that spans of the shutdown itself are flushed too.
+            observability.shutdown_tracing(tracer_provider, settings)
 
     return lifespan

@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from service import __version__
 from service.api import api_router
@@ -9,27 +10,39 @@ from service.errors import install_error_handlers
 from service.health.router import router as health_router
 from service.lifespan import make_lifespan
 from service.middleware import BodySizeLimitMiddleware
+from service.observability import setup as observability
 from service.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, span_exporter: SpanExporter | None = None
+) -> FastAPI:
+    """``span_exporter`` replaces the OTLP exporter (tests export to memory)."""
     settings = settings or get_settings()
+    observability.configure_process_logging(settings)
+    tracer_provider = observability.create_tracer_provider(settings, span_exporter=span_exporter)
     app = FastAPI(
         title="Glasshouse",
         version=__version__,
         summary="Users, JWT auth with roles, and items owned by users.",
-        lifespan=make_lifespan(settings),
+        lifespan=make_lifespan(settings, tracer_provider),
     )
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(health_router)
-    # Added last = outermost: the body limit applies before anything reads the body.
+
+    # Middleware added later wraps what was added before. From the outside in:
+    # [tracing] -> request context (ID, logs, last-resort 500) -> CORS -> HTTP metrics
+    # -> body size limit -> routes.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
+    observability.install_inner_middleware(app, settings)
     if settings.http.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.http.cors_origins,
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "traceresponse"],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
+    observability.install_outer_middleware(app, settings, tracer_provider)
     return app

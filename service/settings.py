@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +101,109 @@ class HttpSettings(BaseModel):
     ] = []
 
 
+class ServerSettings(BaseModel):
+    """gunicorn (production server) settings; it binds to http.host:http.port."""
+
+    workers: Annotated[
+        int, Field(ge=1, le=64, description="Worker processes (async: about one per core).")
+    ] = 2
+    threads: Annotated[
+        int, Field(ge=1, description="Threads per worker (gthread only; uvicorn ignores it).")
+    ] = 1
+    timeout_seconds: Annotated[
+        int, Field(ge=1, description="A worker silent for this long is killed and replaced.")
+    ] = 30
+    graceful_timeout_seconds: Annotated[
+        int, Field(ge=1, description="On SIGTERM, time for in-flight requests to finish.")
+    ] = 25
+    keepalive_seconds: Annotated[
+        int, Field(ge=0, description="Idle keep-alive; above the load balancer's idle timeout.")
+    ] = 75
+    max_requests: Annotated[
+        int, Field(ge=0, description="Recycle a worker after this many requests (0: never).")
+    ] = 10_000
+    max_requests_jitter: Annotated[
+        int, Field(ge=0, description="Random extra requests, so workers do not recycle at once.")
+    ] = 1_000
+
+
+class ObservabilitySettings(BaseModel):
+    log_format: Annotated[
+        Literal["json", "console"] | None,
+        Field(description="Log rendering. Unset: console in development, JSON otherwise."),
+    ] = None
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"], Field(description="Lowest level logged.")
+    ] = "INFO"
+    access_log: Annotated[bool, Field(description="One canonical log line per request.")] = True
+    metrics: Annotated[bool, Field(description="Record Prometheus metrics.")] = True
+    metrics_host: Annotated[str, Field(description="Address of the separate metrics listener.")] = (
+        "127.0.0.1"
+    )
+    metrics_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65_535,
+            description="Port of the separate /metrics listener (0: none). Under gunicorn the "
+            "master serves it, aggregating every worker.",
+        ),
+    ] = 9100
+    metrics_on_api: Annotated[
+        bool, Field(description="Also serve /metrics on the API port (off: not public).")
+    ] = False
+    metrics_dir: Annotated[
+        str | None,
+        Field(
+            description="gunicorn's Prometheus multiprocess directory, emptied at start. "
+            "Unset: a new temporary directory."
+        ),
+    ] = None
+    tracing: Annotated[
+        bool | None,
+        Field(description="Export traces. Unset: on when an OTLP endpoint is configured."),
+    ] = None
+    trace_sample_ratio: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="ParentBased(TraceIdRatio) ratio, used when OTEL_TRACES_SAMPLER is unset.",
+        ),
+    ] = 1.0
+    trace_export_timeout_seconds: Annotated[
+        float, Field(gt=0, description="OTLP export timeout per batch.")
+    ] = 5.0
+    trace_shutdown_timeout_seconds: Annotated[
+        float, Field(gt=0, description="Longest wait to flush spans at shutdown.")
+    ] = 5.0
+
+
+class OtelSettings(BaseSettings):
+    """The standard OpenTelemetry variables the service itself looks at. The SDK and the OTLP
+    exporter read the rest (headers, timeouts, compression) on their own."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
+
+    exporter_otlp_endpoint: Annotated[
+        str | None, Field(description="OTLP/HTTP collector base URL; setting it turns tracing on.")
+    ] = None
+    exporter_otlp_traces_endpoint: Annotated[
+        str | None, Field(description="OTLP/HTTP traces URL (overrides the base URL).")
+    ] = None
+    traces_sampler: Annotated[
+        str | None,
+        Field(description="Standard sampler name, e.g. parentbased_traceidratio."),
+    ] = None
+    traces_sampler_arg: Annotated[
+        str | None, Field(description="The sampler's argument, e.g. 0.1.")
+    ] = None
+    service_name: Annotated[str | None, Field(description="Overrides service.name in traces.")] = (
+        None
+    )
+    sdk_disabled: Annotated[bool, Field(description="true: no tracing at all.")] = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GLASSHOUSE_",
@@ -126,6 +229,30 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     http: HttpSettings = HttpSettings()
+    server: ServerSettings = ServerSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    otel: Annotated[OtelSettings, Field(default_factory=OtelSettings)]
+    pod_name: Annotated[
+        str | None,
+        Field(
+            validation_alias=AliasChoices("POD_NAME", "GLASSHOUSE_POD_NAME"),
+            description="Kubernetes pod name (downward API), added to traces.",
+        ),
+    ] = None
+    pod_namespace: Annotated[
+        str | None,
+        Field(
+            validation_alias=AliasChoices("POD_NAMESPACE", "GLASSHOUSE_POD_NAMESPACE"),
+            description="Kubernetes namespace (downward API), added to traces.",
+        ),
+    ] = None
+    prometheus_multiproc_dir: Annotated[
+        str | None,
+        Field(
+            validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"),
+            description="Set by gunicorn.conf.py: metrics are aggregated across workers.",
+        ),
+    ] = None
     auto_migrate: Annotated[
         bool | None,
         Field(description="Apply migrations at startup. Unset: only on the embedded SQLite."),
@@ -147,6 +274,20 @@ class Settings(BaseSettings):
                     "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
                 )
         return self
+
+    @property
+    def json_logs(self) -> bool:
+        if self.observability.log_format is not None:
+            return self.observability.log_format == "json"
+        return self.environment is not Environment.development
+
+    @property
+    def tracing_enabled(self) -> bool:
+        if self.observability.tracing is not None:
+            return self.observability.tracing
+        if self.otel.sdk_disabled:
+            return False
+        return bool(self.otel.exporter_otlp_endpoint or self.otel.exporter_otlp_traces_endpoint)
 
     @property
     def should_auto_migrate(self) -> bool:

@@ -3,17 +3,18 @@
 import re
 from pathlib import Path
 
-from scripts.settings_table import table
+from scripts.settings_table import MARKERS, table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_configuration_table_is_current() -> None:
     text = README.read_text()
-    match = re.search(r"<!-- settings-table:.*?-->\n(.*?)\n<!-- /settings-table -->", text, re.S)
+    match = MARKERS.search(text)
     assert match, "README lost its settings-table markers"
-    assert match.group(1).strip() == table().strip(), (
-        "README configuration table is stale: run `uv run python scripts/settings_table.py`"
+    assert match.group(2).strip() == table().strip(), (
+        "README configuration table is stale: "
+        "run `uv run python scripts/settings_table.py --write README.md`"
     )
 
 

@@ -1,5 +1,6 @@
 from typing import Annotated
 
+import structlog
 from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
 
@@ -34,6 +35,8 @@ async def get_current_user(session: SessionDep, claims: AccessClaimsDep) -> User
         raise InvalidTokenError()
     if not user.is_active:
         raise InactiveUserError()
+    # Lands in every log line of this request, the access line included.
+    structlog.contextvars.bind_contextvars(user_id=user.id)
     return user
 
 

@@ -48,20 +48,23 @@ async def mark_used(*, session: AsyncSession, token_id: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def revoke_session(*, session: AsyncSession, session_id: str, reason: str) -> None:
-    await session.execute(
+async def revoke_session(*, session: AsyncSession, session_id: str, reason: str) -> int:
+    result = await session.execute(
         update(AuthSession)
         .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
         .values(revoked_at=utc_now(), revoked_reason=reason)
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def revoke_all_sessions(*, session: AsyncSession, user_id: int, reason: str) -> None:
-    await session.execute(
+async def revoke_all_sessions(*, session: AsyncSession, user_id: int, reason: str) -> int:
+    """Returns how many open sessions were revoked."""
+    result = await session.execute(
         update(AuthSession)
         .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
         .values(revoked_at=utc_now(), revoked_reason=reason)
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def get_session_user(*, session: AsyncSession, user_id: int, session_id: str) -> User | None:

@@ -1,5 +1,6 @@
 """Engine and session factory built from settings; nothing here runs at import time."""
 
+import logging
 from typing import Any
 
 from sqlalchemy import event
@@ -16,8 +17,11 @@ from service.settings import DatabaseSettings
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    if settings.echo:
+        # Through logging, not SQLAlchemy's own stderr handler, so SQL lines are structured too.
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
     if settings.is_sqlite:
-        engine = create_async_engine(settings.url, echo=settings.echo)
+        engine = create_async_engine(settings.url)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_foreign_keys)
         return engine
     connect_args: dict[str, Any] = {"timeout": settings.connect_timeout_seconds}
@@ -25,7 +29,6 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         connect_args["server_settings"] = {"statement_timeout": str(settings.statement_timeout_ms)}
     return create_async_engine(
         settings.url,
-        echo=settings.echo,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_seconds,

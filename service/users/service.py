@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth.security import PasswordHasher
 from service.auth.sessions import revoke_all_sessions
 from service.errors import EmailTakenError, LastAdminError, NotFoundError, WrongPasswordError
+from service.observability.metrics import SESSIONS_REVOKED
 from service.schemas import PageParams
 from service.settings import AuthSettings
 from service.users.models import Role, User
@@ -77,8 +78,9 @@ async def change_password(
         raise WrongPasswordError()
     user.hashed_password = await passwords.hash(data.new_password)
     # Whoever held the old password may hold tokens too: every session ends.
-    await revoke_all_sessions(session=session, user_id=user.id, reason="password_changed")
+    revoked = await revoke_all_sessions(session=session, user_id=user.id, reason="password_changed")
     await session.commit()
+    SESSIONS_REVOKED.labels(reason="password_changed").inc(revoked)
     log.info("password_changed", user_id=user.id)
 
 
@@ -91,9 +93,11 @@ async def admin_update(*, session: AsyncSession, user: User, data: UserAdminUpda
         await _refuse_removing_last_admin(session=session, user=user)
     for field, value in changes.items():
         setattr(user, field, value)
+    revoked = 0
     if changes.get("is_active") is False:
-        await revoke_all_sessions(session=session, user_id=user.id, reason="deactivated")
+        revoked = await revoke_all_sessions(session=session, user_id=user.id, reason="deactivated")
     await session.commit()
+    SESSIONS_REVOKED.labels(reason="deactivated").inc(revoked)
     log.info("user_updated_by_admin", user_id=user.id, fields=sorted(changes))
     return user
 

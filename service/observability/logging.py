@@ -1,0 +1,213 @@
+"""Structured logging: every line, ours or a library's, is one JSON object (or readable console
+output in development) with timestamp, level, logger, event, and the request/trace IDs when
+inside a request. Secrets are redacted by key before anything is rendered.
+
+structlog's own loggers take a fast path (orjson straight to bytes on stdout); records from the
+standard library (uvicorn, gunicorn, SQLAlchemy, alembic...) go through the same processors via
+ProcessorFormatter, so both look the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+from opentelemetry import trace
+from structlog.types import EventDict, Processor, WrappedLogger
+
+SENSITIVE_KEYS = frozenset(
+    {
+        "password",
+        "current_password",
+        "new_password",
+        "hashed_password",
+        "token",
+        "access_token",
+        "refresh_token",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "secret",
+        "jwt_secret",
+        "api_key",
+        "client_secret",
+    }
+)
+REDACTED = "[redacted]"
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if key.lower() in SENSITIVE_KEYS:
+        return REDACTED
+    if isinstance(value, str):
+        return _redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value("", item) for item in value]
+    return value
+
+
+def _redact_text(text: str) -> str:
+    if "://" in text:
+        text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
+    if "earer" in text:
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+    return text
+
+
+def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Masks values whose key names a secret, and passwords inside URLs, at any depth."""
+    for key, value in event_dict.items():
+        if isinstance(value, str | Mapping | list | tuple) or key.lower() in SENSITIVE_KEYS:
+            event_dict[key] = _redact_value(key, value)
+    return event_dict
+
+
+def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """trace_id/span_id of the current span, as exported (hex), so a log line finds its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
+def drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """uvicorn attaches an ANSI-coloured copy of each message; JSON lines do not want it."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        add_trace_context,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+
+
+def _json_dumps_str(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def _json_dumps_bytes(obj: Any, **_: Any) -> bytes:
+    return orjson.dumps(obj, default=str)
+
+
+class _NamedBytesLoggerFactory:
+    """Like structlog.BytesLoggerFactory, but keeps the name given to get_logger(__name__)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> structlog.BytesLogger:
+        name = args[0] if args and isinstance(args[0], str) else None
+        return structlog.BytesLogger(self._stream.buffer, name=name)
+
+
+class _NamedWriteLoggerFactory:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> structlog.WriteLogger:
+        logger = structlog.WriteLogger(self._stream)
+        logger.name = args[0] if args and isinstance(args[0], str) else None  # type: ignore[attr-defined]
+        return logger
+
+
+def configure_logging(
+    *, json: bool, level: str = "INFO", stream: TextIO | None = None, cache_loggers: bool = True
+) -> None:
+    """Configures structlog and the standard library's root logger. Idempotent.
+
+    ``cache_loggers=False`` lets a later configure_logging (tests) reach loggers already used.
+    """
+    stream = stream or sys.stdout
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    exception_renderer: Processor = (
+        structlog.processors.dict_tracebacks if json else structlog.dev.set_exc_info
+    )
+    renderer: Processor
+    if json:
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps_bytes)
+        logger_factory: Any = _NamedBytesLoggerFactory(stream)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        logger_factory = _NamedWriteLoggerFactory(stream)
+    structlog.configure(
+        processors=[
+            *_shared_processors(),
+            structlog.processors.StackInfoRenderer(),
+            exception_renderer,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=logger_factory,
+        cache_logger_on_first_use=cache_loggers,
+    )
+    logging.config.dictConfig(stdlib_logging_config(json=json, level=level, stream=stream))
+
+
+def stdlib_formatter(json: bool = True) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter for standard-library records (also used by gunicorn's logconfig_dict)."""
+    final: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if json:
+        final += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(serializer=_json_dumps_str),
+        ]
+    else:
+        final += [structlog.dev.ConsoleRenderer()]
+    return structlog.stdlib.ProcessorFormatter(
+        # Extras first, so that redaction sees them too.
+        foreign_pre_chain=[
+            structlog.stdlib.ExtraAdder(),
+            drop_color_message,
+            *_shared_processors(),
+        ],
+        processors=final,
+    )
+
+
+def stdlib_logging_config(
+    *, json: bool, level: str, stream: TextIO | None = None
+) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structured": {"()": stdlib_formatter, "json": json},
+        },
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "structured",
+                "stream": stream or sys.stdout,
+            },
+        },
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {
+            # Their records reach the root handler; no handlers of their own (no duplicates).
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            # The canonical access line is ours; uvicorn's own would be a second line.
+            "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
+            "gunicorn.error": {"handlers": [], "propagate": True},
+            "gunicorn.access": {"handlers": [], "propagate": False},
+            "sqlalchemy.engine": {"level": "WARNING"},
+            # Alembic announces each plugin it loads at INFO; migrations still log at INFO.
+            "alembic.runtime.plugins": {"level": "WARNING"},
+        },
+    }

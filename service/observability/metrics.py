@@ -1,0 +1,100 @@
+"""Every metric the service exports is declared here, and nowhere else.
+
+Names follow Prometheus conventions (``_total``, ``_seconds``, ``_bytes``); labels are bounded:
+route templates (never raw paths or IDs), methods, status classes, fixed outcome sets. Under
+gunicorn the values live in the multiprocess directory (PROMETHEUS_MULTIPROC_DIR), so any
+reader aggregates every worker.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, multiprocess
+
+# A few ms (cached reads) up to 10 s (the slowest request we do not time out first).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# --- HTTP (recorded by prometheus-fastapi-instrumentator, see http_metrics.py) ---------------
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by route template, method and status class.",
+    ["handler", "method", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request start to response end, by route template and method.",
+    ["handler", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_REQUEST_SIZE = Summary(
+    "http_request_size_bytes", "Request body size (Content-Length).", ["handler"]
+)
+HTTP_RESPONSE_SIZE = Summary(
+    "http_response_size_bytes", "Response body size (Content-Length).", ["handler"]
+)
+HTTP_IN_PROGRESS = Gauge(
+    "http_requests_inprogress",
+    "Requests being served right now.",
+    ["method", "handler"],
+    multiprocess_mode="livesum",
+)
+
+# --- Domain -----------------------------------------------------------------------------------
+LOGIN_OUTCOMES = ("success", "invalid_credentials", "inactive", "rate_limited")
+LOGIN_ATTEMPTS = Counter(
+    "glasshouse_login_attempts_total", "Login attempts by outcome.", ["outcome"]
+)
+TOKENS_REFRESHED = Counter("glasshouse_tokens_refreshed_total", "Refresh-token rotations.")
+REVOCATION_REASONS = ("logout", "refresh_reuse", "password_changed", "deactivated")
+SESSIONS_REVOKED = Counter(
+    "glasshouse_sessions_revoked_total",
+    "Login sessions revoked (their access and refresh tokens with them), by reason.",
+    ["reason"],
+)
+ITEMS_CREATED = Counter("glasshouse_items_created_total", "Items created.")
+ITEMS_DELETED = Counter("glasshouse_items_deleted_total", "Items deleted.")
+
+# --- Resources --------------------------------------------------------------------------------
+DB_POOL_CONNECTIONS = Gauge(
+    "glasshouse_db_pool_connections",
+    "Database connections checked out of the pool (in_use) and beyond pool_size (overflow).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "glasshouse_db_pool_size",
+    "Configured pool_size + max_overflow per worker (the saturation ceiling).",
+    multiprocess_mode="livesum",
+)
+CACHE_RESULTS = ("hit", "miss", "error")
+CACHE_REQUESTS = Counter("glasshouse_cache_requests_total", "Cache lookups by result.", ["result"])
+APP_INFO = Gauge(
+    "glasshouse_app_info",
+    "Always 1; labels carry the running version and build.",
+    ["version", "build"],
+    multiprocess_mode="livemax",
+)
+
+
+def initialize_series(*, version: str, build: str) -> None:
+    """Creates every fixed label combination at 0, so dashboards and alerts see a series (and
+    a rate of 0) before the first event, instead of no data."""
+    for outcome in LOGIN_OUTCOMES:
+        LOGIN_ATTEMPTS.labels(outcome=outcome)
+    for reason in REVOCATION_REASONS:
+        SESSIONS_REVOKED.labels(reason=reason)
+    for result in CACHE_RESULTS:
+        CACHE_REQUESTS.labels(result=result)
+    for state in ("in_use", "overflow"):
+        DB_POOL_CONNECTIONS.labels(state=state)
+    APP_INFO.labels(version=version, build=build).set(1)
+
+
+def exposition_registry(multiprocess_dir: str | None) -> CollectorRegistry:
+    """What a scrape reads: all workers' files in multiprocess mode, else this process."""
+    if multiprocess_dir:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        return registry
+    from prometheus_client import REGISTRY
+
+    return REGISTRY

@@ -1,0 +1,162 @@
+"""One pure ASGI middleware for what every request needs: its ID, its log context, its one
+canonical access line, and the last-resort 500.
+
+Doing these in one layer (instead of three) keeps the per-request cost to one ``send`` wrapper.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import InternalError, raw_problem
+
+REQUEST_ID_HEADER = "x-request-id"
+# An inbound ID is accepted only if it is short and harmless: it lands in logs and headers.
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+access_log = structlog.get_logger("glasshouse.access")
+error_log = structlog.get_logger("glasshouse.error")
+
+
+def _is_probe(path: str) -> bool:
+    """Kubelet probes and Prometheus scrapes: logged only when they fail, or they would be
+    most of the log volume."""
+    return path.startswith("/health/") or path == "/metrics"
+
+
+def accepted_request_id(value: str | None) -> str:
+    if value is not None and _SAFE_REQUEST_ID.match(value):
+        return value
+    return uuid.uuid4().hex
+
+
+class RouteTemplates:
+    """Maps the route object a request matched to its full template ("/api/v1/items/{item_id}").
+
+    FastAPI puts the matched route in ``scope["route"]``, but a route included through a
+    prefixed router only knows its own part of the path, so the full templates are collected
+    once from the app.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self._app = app
+        self._templates: dict[int, str] | None = None
+
+    def template(self, route: object) -> str | None:
+        if route is None:
+            return None
+        if self._templates is None:
+            self._templates = self._collect()
+        found = self._templates.get(id(route))
+        return found or getattr(route, "path_format", None)
+
+    def _collect(self) -> dict[int, str]:
+        templates: dict[int, str] = {}
+        for route in self._app.router.routes:
+            contexts = getattr(route, "effective_route_contexts", None)
+            if callable(contexts):
+                for context in contexts():
+                    templates[id(context.original_route)] = context.path_format
+            elif path_format := getattr(route, "path_format", None):
+                templates[id(route)] = path_format
+        return templates
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, routes: RouteTemplates, access_log_enabled: bool) -> None:
+        self.app = app
+        self.routes = routes
+        self.access_log_enabled = access_log_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        inbound = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                inbound = value.decode("latin-1")
+                break
+        request_id = accepted_request_id(inbound)
+        scope.setdefault("state", {})["request_id"] = request_id
+        span = trace.get_current_span()
+        span_context = span.get_span_context()
+        if span.is_recording():
+            span.set_attribute("http.request_id", request_id)
+
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        response_bytes = 0
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_bytes, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                if span_context.is_valid:
+                    # W3C Trace Context level 2: tells the client which trace served it.
+                    flags = format(span_context.trace_flags, "02x")
+                    headers.append(
+                        "traceresponse",
+                        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags}",
+                    )
+            elif message["type"] == "http.response.body":
+                response_bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception as exc:
+            # Logged here, once, with the request ID; the client gets a problem body that
+            # carries the same ID and nothing of the exception.
+            error_log.exception("unhandled_exception", path=scope["path"])
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR)
+            if response_started:
+                raise
+            await _send_internal_error(scope, send_with_request_id, request_id)
+        finally:
+            if self.access_log_enabled and (status >= 400 or not _is_probe(scope["path"])):
+                route = self.routes.template(scope.get("route"))
+                _log_access(scope, route, status, response_bytes, started)
+            structlog.contextvars.clear_contextvars()
+
+
+async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> None:
+    status, headers, body = raw_problem(InternalError(), path=scope["path"], request_id=request_id)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _log_access(
+    scope: Scope, route: str | None, status: int, response_bytes: int, started: float
+) -> None:
+    client = scope.get("client")
+    fields: dict[str, Any] = {
+        "method": scope["method"],
+        "route": route,
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "response_bytes": response_bytes,
+    }
+    if status >= 500:
+        access_log.error("request", **fields)
+    else:
+        access_log.info("request", **fields)

@@ -1,0 +1,113 @@
+"""Wires logs, metrics and traces into an app and its engine. main.py and lifespan.py call
+these; nothing else in the service needs to know how observability is done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import __version__
+from service.observability import metrics, tracing
+from service.observability.http_metrics import instrument_http
+from service.observability.logging import configure_logging
+from service.observability.request_context import RequestContextMiddleware, RouteTemplates
+from service.settings import Environment, Settings
+
+BUILD = "dev"
+
+log = structlog.get_logger(__name__)
+
+
+def configure_process_logging(settings: Settings) -> None:
+    # Tests configure logging themselves, with their own stream.
+    if settings.environment is not Environment.test:
+        configure_logging(json=settings.json_logs, level=settings.observability.log_level)
+
+
+def install_inner_middleware(app: FastAPI, settings: Settings) -> None:
+    """HTTP metrics: inside the request context, so they see the status of every response."""
+    if settings.observability.metrics:
+        metrics.initialize_series(version=__version__, build=BUILD)
+        instrument_http(app)
+
+
+def create_tracer_provider(
+    settings: Settings, *, span_exporter: SpanExporter | None
+) -> TracerProvider | None:
+    return tracing.create_tracer_provider(settings, exporter=span_exporter)
+
+
+def install_outer_middleware(
+    app: FastAPI, settings: Settings, provider: TracerProvider | None
+) -> None:
+    """Request IDs and access logs, and outside them the tracing middleware, so the access
+    line and the request ID land inside the request's span."""
+    app.add_middleware(
+        RequestContextMiddleware,
+        routes=RouteTemplates(app),
+        access_log_enabled=settings.observability.access_log,
+    )
+    if settings.observability.metrics_on_api:
+        registry_dir = settings.prometheus_multiproc_dir
+
+        async def metrics_endpoint(_: Request) -> Response:
+            body = generate_latest(metrics.exposition_registry(registry_dir))
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    if provider is not None:
+        tracing.instrument_app(app, provider)
+
+
+def observe_engine(
+    engine: AsyncEngine, settings: Settings, provider: TracerProvider | None
+) -> None:
+    if provider is not None:
+        tracing.instrument_engine(engine, provider)
+    if settings.observability.metrics and not settings.database.is_sqlite:
+        _track_pool(engine, settings)
+
+
+def _track_pool(engine: AsyncEngine, settings: Settings) -> None:
+    pool: Any = engine.sync_engine.pool
+    metrics.DB_POOL_SIZE.set(settings.database.pool_size + settings.database.max_overflow)
+    in_use = metrics.DB_POOL_CONNECTIONS.labels(state="in_use")
+    overflow = metrics.DB_POOL_CONNECTIONS.labels(state="overflow")
+
+    def update(*_: Any) -> None:
+        in_use.set(pool.checkedout())
+        overflow.set(max(pool.overflow(), 0))
+
+    event.listen(engine.sync_engine, "checkout", update)
+    event.listen(engine.sync_engine, "checkin", update)
+
+
+def shutdown_tracing(provider: TracerProvider | None, settings: Settings) -> None:
+    if provider is not None:
+        tracing.shutdown_tracer_provider(
+            provider, settings.observability.trace_shutdown_timeout_seconds
+        )
+
+
+def start_metrics_listener(settings: Settings) -> str | None:
+    """For a single process (python -m service): /metrics on its own port, in a thread.
+    Under gunicorn the master does this instead (gunicorn.conf.py)."""
+    port = settings.observability.metrics_port
+    if not port or not settings.observability.metrics:
+        return None
+    host = settings.observability.metrics_host
+    try:
+        start_http_server(port, addr=host, registry=metrics.exposition_registry(None))
+    except OSError as exc:
+        log.warning("metrics_listener_failed", port=port, error=str(exc))
+        return None
+    return f"http://{host}:{port}/metrics"

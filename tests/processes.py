@@ -1,0 +1,252 @@
+"""Real processes for end-to-end tests: gunicorn running the service, an OTLP/HTTP trace sink,
+a PostgreSQL database of their own. Everything listens on 127.0.0.1 and is torn down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.conftest import _create_postgres_database, _drop_postgres_database
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_JWT_SECRET = "end-to-end-test-secret-" + "x" * 48
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ExportedSpan:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+
+@dataclass
+class OtlpSink:
+    """Accepts OTLP/HTTP protobuf trace exports, like a collector would, and keeps the spans."""
+
+    port: int = 0
+    spans: list[ExportedSpan] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def record(self, body: bytes) -> None:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans.append(
+                            ExportedSpan(
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_span_id=span.parent_span_id.hex(),
+                                name=span.name,
+                                kind=span.kind,
+                                attributes={a.key: _value(a.value) for a in span.attributes},
+                                resource=resource,
+                            )
+                        )
+
+    def snapshot(self) -> list[ExportedSpan]:
+        with self._lock:
+            return list(self.spans)
+
+
+def _value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+@contextmanager
+def running_otlp_sink() -> Iterator[OtlpSink]:
+    sink = OtlpSink()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            if self.path == "/v1/traces":
+                sink.record(body)
+            payload = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sink.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def migrated_postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own, migrated with the documented command."""
+    url = asyncio.run(_create_postgres_database())
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=REPO,
+            env={**base_env(), "DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield url
+    finally:
+        asyncio.run(_drop_postgres_database(url))
+
+
+def base_env() -> dict[str, str]:
+    """The parent's environment without any service setting the developer may have set."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("GLASSHOUSE_", "OTEL_", "PROMETHEUS_"))
+        and name not in {"DATABASE_URL", "POD_NAME", "POD_NAMESPACE"}
+    }
+
+
+@dataclass
+class Gunicorn:
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def worker_pids(self) -> set[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> set[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count and self._all_ready():
+                return pids
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn did not get {count} ready workers:\n{self.logs()}")
+
+    def _all_ready(self) -> bool:
+        started = self.logs().count("Application startup complete")
+        return started >= len(self.worker_pids()) and self._answers()
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health/live", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        import json
+
+        lines = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def running_gunicorn(
+    database_url: str, tmp_path: Path, *, workers: int = 2, **settings: str
+) -> Iterator[Gunicorn]:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **base_env(),
+        "DATABASE_URL": database_url,
+        "GLASSHOUSE_ENVIRONMENT": "production",
+        "GLASSHOUSE_AUTH__JWT_SECRET": TEST_JWT_SECRET,
+        "GLASSHOUSE_AUTH__ARGON2_TIME_COST": "1",
+        "GLASSHOUSE_AUTH__ARGON2_MEMORY_COST_KIB": "64",
+        "GLASSHOUSE_AUTH__ARGON2_PARALLELISM": "1",
+        "GLASSHOUSE_HTTP__HOST": "127.0.0.1",
+        "GLASSHOUSE_HTTP__PORT": str(port),
+        "GLASSHOUSE_OBSERVABILITY__METRICS_PORT": str(metrics_port),
+        "GLASSHOUSE_OBSERVABILITY__METRICS_DIR": str(tmp_path / "metrics"),
+        "GLASSHOUSE_SERVER__WORKERS": str(workers),
+        "GLASSHOUSE_SERVER__MAX_REQUESTS": "0",
+        **settings,
+    }
+    log_path = tmp_path / "gunicorn.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        server = Gunicorn(process, port, metrics_port, log_path)
+        try:
+            server.wait_for_workers(workers)
+            yield server
+        finally:
+            if process.poll() is None:
+                workers_left = server.worker_pids()
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+                for pid in workers_left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)

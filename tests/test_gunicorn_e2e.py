@@ -1,0 +1,161 @@
+"""The production command, end to end: gunicorn with 2 uvicorn workers on PostgreSQL, traces
+exported over OTLP/HTTP to a sink this test runs, logs read from the process's stdout."""
+
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import (
+    Gunicorn,
+    OtlpSink,
+    migrated_postgres_database,
+    running_gunicorn,
+    running_otlp_sink,
+)
+
+REQUESTS = 40
+ITEMS_KEY = 'http_requests_total{handler="/api/v1/items",method="GET",status="2xx"}'
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    with migrated_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def sink() -> Iterator[OtlpSink]:
+    with running_otlp_sink() as otlp_sink:
+        yield otlp_sink
+
+
+@pytest.fixture
+def service(database_url: str, sink: OtlpSink, tmp_path: Path) -> Iterator[Gunicorn]:
+    with running_gunicorn(
+        database_url,
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        GLASSHOUSE_OBSERVABILITY__METRICS_ON_API="true",
+    ) as server:
+        yield server
+
+
+def bearer(service: Gunicorn) -> dict[str, str]:
+    email = f"e2e-{uuid.uuid4().hex[:8]}@example.com"
+    credentials = {"email": email, "password": "end-to-end-pw"}
+    assert httpx.post(f"{service.url}/api/v1/auth/register", json=credentials).status_code == 201
+    tokens = httpx.post(
+        f"{service.url}/api/v1/auth/token",
+        data={"username": email, "password": credentials["password"]},
+    ).json()
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def metric(text: str, key: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def series_names(text: str) -> set[str]:
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and line[0] != "#"}
+
+
+def send_requests(service: Gunicorn, headers: dict[str, str], count: int) -> list[httpx.Response]:
+    # A new connection per request, so the kernel spreads them over both workers.
+    return [httpx.get(f"{service.url}/api/v1/items", headers=headers) for _ in range(count)]
+
+
+def test_metrics_are_whole_whichever_worker_answers(service: Gunicorn) -> None:
+    headers = bearer(service)
+    responses = send_requests(service, headers, REQUESTS)
+    assert all(response.status_code == 200 for response in responses)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]) for r in responses)
+    assert len({response.headers["x-request-id"] for response in responses}) == REQUESTS
+
+    # The master's listener and every worker's /metrics agree on the whole pod's total.
+    assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) == REQUESTS
+    for _ in range(10):
+        assert metric(httpx.get(f"{service.url}/metrics").text, ITEMS_KEY) == REQUESTS
+
+
+def test_scans_of_unknown_paths_add_no_series(service: Gunicorn) -> None:
+    httpx.get(f"{service.url}/warm/up")
+    before = series_names(httpx.get(service.metrics_url).text)
+    for attempt in range(25):
+        assert httpx.get(f"{service.url}/{uuid.uuid4().hex}/{attempt}").status_code == 404
+    after = series_names(httpx.get(service.metrics_url).text)
+    assert after == before
+
+
+def test_killed_worker_is_replaced_and_counters_never_go_back(service: Gunicorn) -> None:
+    headers = bearer(service)
+    send_requests(service, headers, 10)
+    workers = service.worker_pids()
+    before = metric(httpx.get(service.metrics_url).text, ITEMS_KEY)
+    assert before == 10
+
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = service.worker_pids()
+        if len(current) == 2 and victim not in current:
+            break
+        # Whatever the moment, the total never drops below what was counted.
+        assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) >= before
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"gunicorn did not replace worker {victim}: {service.logs()}")
+    service.wait_for_workers(2)
+    assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) == before
+    send_requests(service, headers, 5)
+    assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) == before + 5
+
+
+def test_sigterm_flushes_every_span_and_logs_name_their_trace(
+    service: Gunicorn, sink: OtlpSink
+) -> None:
+    headers = bearer(service)
+    responses = send_requests(service, headers, REQUESTS)
+    request_ids = {response.headers["x-request-id"] for response in responses}
+    trace_ids = {response.headers["traceresponse"].split("-")[1] for response in responses}
+    assert len(trace_ids) == REQUESTS
+
+    assert service.stop(signal.SIGTERM) == 0
+
+    spans = sink.snapshot()
+    server_spans = {s.trace_id: s for s in spans if s.name == "GET /api/v1/items"}
+    assert trace_ids <= server_spans.keys(), "spans lost at shutdown"
+    for trace_id in trace_ids:
+        server = server_spans[trace_id]
+        db_children = [
+            s for s in spans if s.trace_id == trace_id and s.parent_span_id == server.span_id
+        ]
+        assert db_children, "a request that reads the database has DB child spans"
+        assert server.attributes["http.request_id"] in request_ids
+        assert server.resource["service.name"] == "glasshouse"
+        assert server.resource["deployment.environment"] == "production"
+
+    access = {
+        line["request_id"]: line
+        for line in service.log_lines()
+        if line.get("logger") == "glasshouse.access" and line.get("route") == "/api/v1/items"
+    }
+    assert request_ids <= access.keys()
+    for request_id in request_ids:
+        line = access[request_id]
+        assert line["trace_id"] in trace_ids
+        assert server_spans[line["trace_id"]].attributes["http.request_id"] == request_id
+    # Every line the process wrote, gunicorn's and uvicorn's included, is JSON.
+    non_json = [line for line in service.logs().splitlines() if not line.startswith("{")]
+    assert non_json == []

@@ -1,0 +1,395 @@
+"""Request IDs, structured logs, metrics and traces, observed in-process: a JSON log stream the
+test owns, an in-memory span exporter, and the app's own /metrics."""
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from asgi_lifespan import LifespanManager
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.main import create_app
+from service.observability.logging import configure_logging
+from service.settings import ObservabilitySettings, Settings
+from tests.conftest import make_settings
+from tests.factories import API, make_account, make_item
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class LogFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("logger") == "glasshouse.access"]
+
+
+@pytest.fixture
+def json_logs(tmp_path: Path) -> Iterator[LogFile]:
+    """Production logging (JSON), written to a file this test reads back."""
+    path = tmp_path / "service.log"
+    with path.open("w") as stream:
+        configure_logging(json=True, level="INFO", stream=stream, cache_loggers=False)
+        try:
+            yield LogFile(path)
+        finally:
+            stream.flush()
+            structlog.reset_defaults()
+            logging.getLogger().handlers.clear()
+
+
+@asynccontextmanager
+async def traced_client(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, span_exporter=exporter)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 4321))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+@pytest.fixture
+def observed_settings(database_url: str) -> Settings:
+    return make_settings(database_url, observability=ObservabilitySettings(metrics_on_api=True))
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+async def client(
+    observed_settings: Settings, exporter: InMemorySpanExporter, empty_database: AsyncEngine
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with traced_client(observed_settings, exporter) as http_client:
+        yield http_client
+
+
+def server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [span for span in exporter.get_finished_spans() if span.kind.name == "SERVER"]
+
+
+def trace_hex(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return format(span.context.trace_id, "032x")
+
+
+async def test_request_id_is_generated_returned_and_logged(
+    client: httpx.AsyncClient, json_logs: LogFile
+) -> None:
+    response = await client.get(f"{API}/users/me")
+    request_id = response.headers["x-request-id"]
+    assert HEX32.match(request_id)
+    [line] = json_logs.access_lines()
+    assert line["request_id"] == request_id
+
+
+async def test_probes_are_logged_only_when_they_fail(
+    client: httpx.AsyncClient, json_logs: LogFile
+) -> None:
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/metrics")).status_code == 200
+    assert json_logs.access_lines() == []
+    assert (await client.post("/health/live")).status_code == 405
+    assert [line["path"] for line in json_logs.access_lines()] == ["/health/live"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("req-42.abc:XYZ_9", True),
+        ("x" * 65, False),
+        ("evil\u2028id".encode(), False),
+        ("a b", False),
+        ('"}{"injected": 1', False),
+    ],
+)
+async def test_inbound_request_id_is_accepted_only_when_safe(
+    client: httpx.AsyncClient, json_logs: LogFile, sent: str | bytes, kept: bool
+) -> None:
+    response = await client.get(f"{API}/users/me", headers={"X-Request-ID": sent})
+    returned = response.headers["x-request-id"]
+    assert (returned == sent) is kept
+    if not kept:
+        assert HEX32.match(returned)
+    assert json_logs.access_lines()[0]["request_id"] == returned
+
+
+async def test_every_error_carries_the_request_id(client: httpx.AsyncClient) -> None:
+    account = await make_account(client)
+    responses = [
+        await client.get("/no/such/path"),
+        await client.get(f"{API}/items/999", headers=account.headers),
+        await client.post(f"{API}/items", json={"title": ""}, headers=account.headers),
+        await client.get(f"{API}/users/me"),
+        await client.delete("/health/live"),
+    ]
+    for response in responses:
+        assert response.status_code >= 400
+        assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+async def test_access_line_has_the_canonical_fields(
+    client: httpx.AsyncClient, json_logs: LogFile, exporter: InMemorySpanExporter
+) -> None:
+    account = await make_account(client)
+    item = await make_item(client, account)
+    exporter.clear()
+    response = await client.get(
+        f"{API}/items/{item['id']}", headers={**account.headers, "X-Request-ID": "trace-me-1"}
+    )
+    line = json_logs.access_lines()[-1]
+    assert line["event"] == "request"
+    assert line["level"] == "info"
+    assert line["method"] == "GET"
+    assert line["route"] == "/api/v1/items/{item_id}"
+    assert line["path"] == f"/api/v1/items/{item['id']}"
+    assert line["status"] == 200
+    assert line["client"] == "203.0.113.7:4321"
+    assert line["user_id"] == account.id
+    assert line["response_bytes"] == len(response.content)
+    assert line["request_id"] == "trace-me-1"
+    assert 0 < line["duration_ms"] < 5000
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$", line["timestamp"])
+    # The log line and the exported span name the same trace.
+    [span] = server_spans(exporter)
+    assert line["trace_id"] == trace_hex(span)
+    assert span.attributes is not None
+    assert span.attributes["http.request_id"] == "trace-me-1"
+    # And the client is told which trace served it.
+    version, trace_id, span_id, flags = response.headers["traceresponse"].split("-")
+    assert (version, trace_id) == ("00", trace_hex(span))
+    assert int(flags, 16) & 0x01  # sampled
+    assert span.context is not None
+    assert span_id == format(span.context.span_id, "016x")
+
+
+async def test_domain_log_lines_carry_request_and_trace_ids(
+    client: httpx.AsyncClient, json_logs: LogFile, exporter: InMemorySpanExporter
+) -> None:
+    response = await client.post(
+        f"{API}/auth/register", json={"email": "ids@example.com", "password": "long-enough-1"}
+    )
+    [created] = [line for line in json_logs.lines() if line["event"] == "user_created"]
+    assert created["request_id"] == response.headers["x-request-id"]
+    assert created["logger"] == "service.users.service"
+    assert created["trace_id"] == trace_hex(server_spans(exporter)[-1])
+    assert HEX32.match(created["trace_id"])
+    assert re.match(r"^[0-9a-f]{16}$", created["span_id"])
+
+
+async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs: LogFile) -> None:
+    account = await make_account(client, password="hunter2-but-longer")
+    await client.post(
+        f"{API}/auth/refresh",
+        json={"refresh_token": account.refresh_token},
+        headers=account.headers,
+    )
+    log = structlog.get_logger("tests.redaction")
+    log.info(
+        "with_secrets",
+        password="p4ss",
+        headers={"Authorization": "Bearer abc.def.ghi", "Cookie": "session=1"},
+        refresh_token="r-token",
+        database="postgresql+asyncpg://app:db-secret@db:5432/app",
+        nested=[{"jwt_secret": "s3cret"}],
+        note="sent Bearer abc.def.ghi to the server",
+    )
+    logging.getLogger("sqlalchemy.pool").warning(
+        "reconnecting to postgresql://app:db-secret@db/app"
+    )
+    text = json_logs.path.read_text()
+    for secret in (
+        "hunter2",
+        account.access_token,
+        account.refresh_token,
+        "p4ss",
+        "abc.def.ghi",
+        "session=1",
+        "r-token",
+        "db-secret",
+        "s3cret",
+    ):
+        assert secret not in text
+    line = next(line for line in json_logs.lines() if line["event"] == "with_secrets")
+    assert line["headers"] == {"Authorization": "[redacted]", "Cookie": "[redacted]"}
+    assert line["database"] == "postgresql+asyncpg://app:[redacted]@db:5432/app"
+    stdlib_line = next(line for line in json_logs.lines() if line["logger"] == "sqlalchemy.pool")
+    assert stdlib_line["level"] == "warning"
+    assert stdlib_line["event"] == "reconnecting to postgresql://app:[redacted]@db/app"
+
+
+async def test_unhandled_exception_is_logged_once_with_request_id(
+    observed_settings: Settings,
+    exporter: InMemorySpanExporter,
+    json_logs: LogFile,
+    empty_database: AsyncEngine,
+) -> None:
+    app = create_app(observed_settings, span_exporter=exporter)
+
+    @app.get("/explode")
+    async def explode() -> None:
+        raise ZeroDivisionError("the SQL was SELECT secret")
+
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/explode")
+    assert response.status_code == 500
+    assert "SELECT" not in response.text
+    request_id = response.headers["x-request-id"]
+    assert response.json()["request_id"] == request_id
+
+    errors = [line for line in json_logs.lines() if "exception" in line]
+    assert len(errors) == 1
+    [error] = errors
+    assert error["request_id"] == request_id
+    assert error["event"] == "unhandled_exception"
+    assert error["exception"][0]["exc_type"] == "ZeroDivisionError"
+    assert error["exception"][0]["frames"]  # a structured traceback, not a text blob
+    [access] = json_logs.access_lines()
+    assert access["status"] == 500
+    assert access["level"] == "error"
+    [span] = server_spans(exporter)
+    assert span.status.status_code.name == "ERROR"
+
+
+async def test_request_touching_the_database_has_db_child_spans(
+    client: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    account = await make_account(client)
+    item = await make_item(client, account)
+    exporter.clear()
+    await client.get(f"{API}/items/{item['id']}", headers=account.headers)
+    spans = exporter.get_finished_spans()
+    [server] = server_spans(exporter)
+    assert server.name == "GET /api/v1/items/{item_id}"
+    assert server.context is not None
+    db_spans = [span for span in spans if span.attributes and "db.system" in span.attributes]
+    assert len(db_spans) >= 2  # the session lookup and the item read
+    for span in db_spans:
+        assert span.kind.name == "CLIENT"
+        assert span.parent is not None
+        assert span.parent.span_id == server.context.span_id
+        assert span.context is not None
+        assert span.context.trace_id == server.context.trace_id
+    statements = " ".join(str(span.attributes.get("db.statement", "")) for span in db_spans)  # type: ignore[union-attr]
+    assert "items" in statements
+
+
+async def test_inbound_traceparent_is_continued(
+    client: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    await client.get(f"{API}/users/me", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    [span] = server_spans(exporter)
+    assert trace_hex(span) == trace_id
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == parent_id
+
+
+async def test_probes_and_metrics_are_not_traced(
+    client: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    for path in ("/health/live", "/health/ready", "/metrics"):
+        assert (await client.get(path)).status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_resource_names_the_service(
+    database_url: str, exporter: InMemorySpanExporter, empty_database: AsyncEngine
+) -> None:
+    settings = make_settings(
+        database_url,
+        service_name="glasshouse-test",
+        pod_name="web-7d9f",
+        pod_namespace="shop",
+    )
+    async with traced_client(settings, exporter) as client:
+        await client.get(f"{API}/users/me")
+    [span] = server_spans(exporter)
+    attributes = dict(span.resource.attributes)
+    assert attributes["service.name"] == "glasshouse-test"
+    assert attributes["deployment.environment"] == "test"
+    assert attributes["k8s.pod.name"] == "web-7d9f"
+    assert attributes["k8s.namespace.name"] == "shop"
+    assert attributes["service.version"]
+    assert attributes["service.instance.id"]
+
+
+def series(metrics_text: str, name: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, value = line.rsplit(" ", 1)
+            found[labels] = float(value)
+    return found
+
+
+async def test_http_metrics_use_route_templates_and_ignore_probes(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await make_account(client)
+    item = await make_item(client, account)
+    before = series((await client.get("/metrics")).text, "http_requests_total")
+    for _ in range(3):
+        await client.get(f"{API}/items/{item['id']}", headers=account.headers)
+        await client.get("/health/ready")
+    after = series((await client.get("/metrics")).text, "http_requests_total")
+    key = 'http_requests_total{handler="/api/v1/items/{item_id}",method="GET",status="2xx"}'
+    assert after[key] - before.get(key, 0) == 3
+    assert not any("/health" in labels or "/metrics" in labels for labels in after)
+    assert not any(f"/{item['id']}" in labels for labels in after)
+
+
+async def test_unknown_paths_do_not_create_series(client: httpx.AsyncClient) -> None:
+    await client.get("/scan/warmup")
+    before = (await client.get("/metrics")).text
+    for attempt in range(20):
+        await client.get(f"/wp-admin/{attempt}/setup.php")
+    after = (await client.get("/metrics")).text
+    for name in ("http_requests_total", "http_request_duration_seconds_bucket"):
+        assert series(after, name).keys() == series(before, name).keys()
+    assert "wp-admin" not in after
+    none_key = 'http_requests_total{handler="none",method="GET",status="4xx"}'
+    assert series(after, "http_requests_total")[none_key] >= 20
+
+
+async def test_domain_metrics_count_events(client: httpx.AsyncClient) -> None:
+    def value(text: str, key: str) -> float:
+        return series(text, key.split("{")[0]).get(key, 0.0)
+
+    before = (await client.get("/metrics")).text
+    account = await make_account(client)
+    item = await make_item(client, account)
+    await client.delete(f"{API}/items/{item['id']}", headers=account.headers)
+    await client.post(f"{API}/auth/token", data={"username": account.email, "password": "nope"})
+    await client.post(f"{API}/auth/refresh", json={"refresh_token": account.refresh_token})
+    await client.post(f"{API}/auth/logout", headers=account.headers)
+    after = (await client.get("/metrics")).text
+    for key, delta in {
+        'glasshouse_login_attempts_total{outcome="success"}': 1,
+        'glasshouse_login_attempts_total{outcome="invalid_credentials"}': 1,
+        "glasshouse_items_created_total": 1,
+        "glasshouse_items_deleted_total": 1,
+        "glasshouse_tokens_refreshed_total": 1,
+        'glasshouse_sessions_revoked_total{reason="logout"}': 1,
+    }.items():
+        assert value(after, key) - value(before, key) == delta, key
+    assert 'glasshouse_app_info{build="dev",version=' in after
+    assert 'glasshouse_cache_requests_total{result="hit"}' in after
