@@ -21,11 +21,13 @@ _metrics_dir = Path(
     _settings.observability.metrics_dir or tempfile.mkdtemp(prefix="glasshouse-metrics-")
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+# The app decides from this whether an in-process cache can be trusted (only in one process).
+os.environ["GLASSHOUSE_WORKER_PROCESSES"] = str(_server.workers)
 # Workers inherit the master's cached settings; re-read them so they see the directory.
 get_settings.cache_clear()
 
 wsgi_app = "service.main:create_app()"
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "service.server.DrainingUvicornWorker"
 # Each worker imports the app after the fork and builds its own DB pool and TracerProvider:
 # nothing holding threads or sockets is ever shared across a fork.
 preload_app = False

@@ -6,7 +6,10 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
+from service.cache.scoped import UserScopedCache
+from service.cache.setup import Caches
 from service.lifespan import AppState
 from service.settings import Settings
 
@@ -35,7 +38,27 @@ def get_access_tokens(state: StateDep) -> AccessTokenCodec:
     return state["access_tokens"]
 
 
+def get_login_limiter(state: StateDep) -> LoginRateLimiter:
+    return state["login_limiter"]
+
+
+def get_caches(state: StateDep) -> Caches:
+    return state["caches"]
+
+
+def get_auth_cache(state: StateDep) -> UserScopedCache:
+    return state["caches"].auth
+
+
+def get_item_cache(state: StateDep) -> UserScopedCache:
+    return state["caches"].items
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_from_state)]
 PasswordsDep = Annotated[PasswordHasher, Depends(get_passwords)]
 AccessTokensDep = Annotated[AccessTokenCodec, Depends(get_access_tokens)]
+CachesDep = Annotated[Caches, Depends(get_caches)]
+AuthCacheDep = Annotated[UserScopedCache, Depends(get_auth_cache)]
+ItemCacheDep = Annotated[UserScopedCache, Depends(get_item_cache)]
+LoginLimiterDep = Annotated[LoginRateLimiter, Depends(get_login_limiter)]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import orjson
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -102,6 +103,28 @@ class WrongPasswordError(AppError):
     status = 400
     code = "wrong_password"
     title = "Current password is incorrect"
+
+
+class TooManyRequestsError(AppError):
+    status = 429
+    code = "too_many_requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class DatabaseUnavailableError(AppError):
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+    retry_after_seconds = 5
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database cannot be reached right now; retry shortly.",
+            headers={"Retry-After": str(self.retry_after_seconds)},
+        )
 
 
 class PayloadTooLargeError(AppError):
@@ -280,8 +303,40 @@ async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse
     return await _app_error(request, InternalError())
 
 
+def _is_connection_failure(exc: BaseException) -> bool:
+    """Errors that mean "the database is unreachable", not "the query is wrong"."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.InterfaceError):
+        return True  # pool exhausted or connection closed under us
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.DBAPIError):
+        return isinstance(exc.orig, OSError | TimeoutError) or _is_asyncpg_connection_error(exc)
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def _is_asyncpg_connection_error(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    name = type(getattr(exc.orig, "__cause__", None) or exc.orig).__name__
+    return name in {
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "CannotConnectNowError",
+        "InterfaceError",
+        "TooManyConnectionsError",
+    }
+
+
+async def _database_error(request: Request, exc: Exception) -> ProblemResponse:
+    if not _is_connection_failure(exc):
+        return await _unexpected_error(request, exc)
+    log.warning("database_unavailable", error=f"{type(exc).__name__}", path=request.url.path)
+    return await _app_error(request, DatabaseUnavailableError())
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(sqlalchemy.exc.SQLAlchemyError, _database_error)
+    app.add_exception_handler(OSError, _database_error)
+    app.add_exception_handler(TimeoutError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -4,54 +4,96 @@ The state is typed and reaches handlers through ``request.state`` (Starlette's l
 never through module globals, so several apps (tests, workers) never share a pool.
 """
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypedDict
 
+import structlog
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
+from service.cache.setup import Caches, build_caches
 from service.db.migrate import upgrade_to_head
 from service.db.session import create_engine, create_sessionmaker
+from service.health.lifecycle import Lifecycle
 from service.observability import setup as observability
 from service.settings import Settings
 from service.users.service import ensure_bootstrap_admin
 
+log = structlog.get_logger(__name__)
+
 
 class AppState(TypedDict):
     settings: Settings
+    lifecycle: Lifecycle
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    caches: Caches
+    login_limiter: LoginRateLimiter
     passwords: PasswordHasher
     access_tokens: AccessTokenCodec
 
 
 def make_lifespan(
-    settings: Settings, tracer_provider: TracerProvider | None
+    settings: Settings, lifecycle: Lifecycle, tracer_provider: TracerProvider | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings.database)
         observability.observe_engine(engine, settings, tracer_provider)
+        caches = build_caches(settings)
+        observability.observe_cache(caches, tracer_provider)
         try:
+            await _wait_for_database(engine, settings)
             if settings.should_auto_migrate:
                 await upgrade_to_head(engine)
             sessionmaker = create_sessionmaker(engine)
             passwords = PasswordHasher(settings.auth)
             async with sessionmaker() as session:
-                await ensure_bootstrap_admin(session, passwords, settings.auth)
+                await ensure_bootstrap_admin(session, passwords, settings.auth, caches.auth)
             yield AppState(
                 settings=settings,
+                lifecycle=lifecycle,
                 engine=engine,
                 sessionmaker=sessionmaker,
+                caches=caches,
+                login_limiter=LoginRateLimiter(caches.store, settings.rate_limit),
                 passwords=passwords,
                 access_tokens=AccessTokenCodec(settings.auth),
             )
         finally:
+            lifecycle.begin_draining()
+            await caches.close()
             await engine.dispose()
             # Last, so that spans of the shutdown itself are flushed too.
             observability.shutdown_tracing(tracer_provider, settings)
+            log.info("shutdown_complete")
 
     return lifespan
+
+
+async def _wait_for_database(engine: AsyncEngine, settings: Settings) -> None:
+    """A database that is briefly unreachable at boot is waited for; one that stays
+    unreachable (or is misconfigured) stops the start with one clear line."""
+    deadline = time.monotonic() + settings.database.startup_wait_seconds
+    while True:
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                log.error(
+                    "database_unreachable_at_startup",
+                    database=settings.database.url,
+                    error=f"{type(exc).__name__}: {exc}",
+                    waited_seconds=settings.database.startup_wait_seconds,
+                )
+                raise
+            await asyncio.sleep(0.5)

@@ -7,6 +7,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from service import __version__
 from service.api import api_router
 from service.errors import install_error_handlers
+from service.health.lifecycle import Lifecycle
 from service.health.router import router as health_router
 from service.lifespan import make_lifespan
 from service.middleware import BodySizeLimitMiddleware
@@ -21,12 +22,15 @@ def create_app(
     settings = settings or get_settings()
     observability.configure_process_logging(settings)
     tracer_provider = observability.create_tracer_provider(settings, span_exporter=span_exporter)
+    lifecycle = Lifecycle()
     app = FastAPI(
         title="Glasshouse",
         version=__version__,
         summary="Users, JWT auth with roles, and items owned by users.",
-        lifespan=make_lifespan(settings, tracer_provider),
+        lifespan=make_lifespan(settings, lifecycle, tracer_provider),
     )
+    # The server flips it on SIGTERM (service/server.py); readiness reads it from the state.
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(health_router)

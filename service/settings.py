@@ -36,7 +36,7 @@ class DatabaseSettings(BaseModel):
     ] = 10
     pool_timeout_seconds: Annotated[
         float, Field(gt=0, description="Wait for a free pooled connection before failing.")
-    ] = 5.0
+    ] = 3.0
     pool_recycle_seconds: Annotated[
         int, Field(ge=-1, description="Reconnect connections older than this (-1: never).")
     ] = 1800
@@ -44,8 +44,14 @@ class DatabaseSettings(BaseModel):
         bool, Field(description="Test a connection before handing it out (survives DB restarts).")
     ] = True
     connect_timeout_seconds: Annotated[
-        float, Field(gt=0, description="TCP connect timeout to PostgreSQL.")
-    ] = 5.0
+        float, Field(gt=0, description="Connect timeout to PostgreSQL (bounds an outage's 503s).")
+    ] = 3.0
+    command_timeout_seconds: Annotated[
+        float, Field(gt=0, description="Client-side limit on one statement (a stalled server).")
+    ] = 10.0
+    startup_wait_seconds: Annotated[
+        float, Field(ge=0, description="At startup, retry the database this long, then exit.")
+    ] = 10.0
     statement_timeout_ms: Annotated[
         int, Field(ge=0, description="PostgreSQL statement_timeout for every session (0: none).")
     ] = 10_000
@@ -101,6 +107,51 @@ class HttpSettings(BaseModel):
     ] = []
 
 
+class CacheSettings(BaseModel):
+    enabled: Annotated[bool, Field(description="Cache item reads and login-session checks.")] = True
+    ttl_seconds: Annotated[int, Field(ge=1, description="Lifetime of a cached item answer.")] = 60
+    auth_ttl_seconds: Annotated[
+        int, Field(ge=1, description="Lifetime of a cached login-session check.")
+    ] = 30
+    key_prefix: Annotated[
+        str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$", description="Prefix of every Redis key.")
+    ] = "glasshouse"
+    operation_timeout_seconds: Annotated[
+        float, Field(gt=0, description="Longest wait for one Redis call before serving without.")
+    ] = 0.1
+    connect_timeout_seconds: Annotated[float, Field(gt=0, description="Redis connect timeout.")] = (
+        0.25
+    )
+    breaker_failures: Annotated[
+        int, Field(ge=1, description="Consecutive Redis failures that open the circuit breaker.")
+    ] = 3
+    breaker_open_seconds: Annotated[
+        float, Field(gt=0, description="Time Redis is left alone before one probe call.")
+    ] = 5.0
+
+
+class RateLimitSettings(BaseModel):
+    enabled: Annotated[bool, Field(description="Limit failed logins (needs Redis).")] = True
+    window_seconds: Annotated[
+        int, Field(ge=1, description="Window in which failed logins are counted.")
+    ] = 900
+    max_failures_per_account: Annotated[
+        int, Field(ge=1, description="Failed logins for one email within the window.")
+    ] = 10
+    max_failures_per_address: Annotated[
+        int, Field(ge=1, description="Failed logins from one client address within the window.")
+    ] = 50
+
+
+class HealthSettings(BaseModel):
+    check_timeout_seconds: Annotated[
+        float, Field(gt=0, description="Timeout of each readiness/startup dependency check.")
+    ] = 1.0
+    readiness_requires_redis: Annotated[
+        bool, Field(description="Redis down makes the pod not ready (off: ready, degraded).")
+    ] = False
+
+
 class ServerSettings(BaseModel):
     """gunicorn (production server) settings; it binds to http.host:http.port."""
 
@@ -125,6 +176,14 @@ class ServerSettings(BaseModel):
     max_requests_jitter: Annotated[
         int, Field(ge=0, description="Random extra requests, so workers do not recycle at once.")
     ] = 1_000
+    drain_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="After SIGTERM, keep serving this long with readiness 503, so load "
+            "balancers stop sending before the worker stops accepting.",
+        ),
+    ] = 5.0
 
 
 class ObservabilitySettings(BaseModel):
@@ -229,7 +288,26 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     http: HttpSettings = HttpSettings()
+    redis_url: Annotated[
+        str | None,
+        Field(
+            validation_alias=AliasChoices("REDIS_URL", "GLASSHOUSE_REDIS_URL"),
+            description="Redis for caching and rate limits. Unset: in-process cache (one "
+            "process only).",
+        ),
+    ] = None
+    cache: CacheSettings = CacheSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    health: HealthSettings = HealthSettings()
     server: ServerSettings = ServerSettings()
+    worker_processes: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Processes serving the app; set by gunicorn.conf.py. Above 1, the "
+            "in-process cache is off (it could not be invalidated across workers).",
+        ),
+    ] = 1
     observability: ObservabilitySettings = ObservabilitySettings()
     otel: Annotated[OtelSettings, Field(default_factory=OtelSettings)]
     pod_name: Annotated[
@@ -263,6 +341,11 @@ class Settings(BaseSettings):
         if self.database_url:
             url = _async_driver_url(self.database_url)
             object.__setattr__(self, "database", self.database.model_copy(update={"url": url}))
+        if self.server.drain_seconds >= self.server.graceful_timeout_seconds:
+            raise ValueError(
+                "GLASSHOUSE_SERVER__DRAIN_SECONDS must be shorter than "
+                "GLASSHOUSE_SERVER__GRACEFUL_TIMEOUT_SECONDS, or in-flight requests are killed"
+            )
         if self.environment is Environment.production:
             secret = self.auth.jwt_secret.get_secret_value()
             # RFC 7518: an HMAC key at least as long as the hash output (HS256: 32 bytes).

@@ -1,14 +1,18 @@
 """Every API test runs twice: on a real PostgreSQL database created for this run (and dropped
-after it) and on the embedded SQLite default. Each test starts from empty tables."""
+after it) with the real Redis as cache, and on the embedded default, SQLite with the in-process
+cache. Each test starts from empty tables and its own Redis key prefix."""
 
 import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from asgi_lifespan import LifespanManager
 from sqlalchemy import delete, text, update
 from sqlalchemy.engine import make_url
@@ -16,22 +20,31 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.db.migrate import upgrade_to_head
 from service.db.models import Base
+from service.lifespan import AppState
 from service.main import create_app
-from service.settings import AuthSettings, DatabaseSettings, Environment, Settings
+from service.settings import AuthSettings, CacheSettings, DatabaseSettings, Environment, Settings
 from service.users.models import Role, User
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "GLASSHOUSE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+REDIS_URL = os.environ.get("GLASSHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 # Settings come from the tests alone, never from the developer's shell or .env file.
 for _name in list(os.environ):
-    if _name.startswith("GLASSHOUSE_") or _name == "DATABASE_URL":
+    if _name.startswith(("GLASSHOUSE_", "OTEL_")) or _name in {"DATABASE_URL", "REDIS_URL"}:
         del os.environ[_name]
 
 # Cheap hashing keeps the suite fast; the production parameters are tested where they matter.
 FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_cost_kib": 64, "argon2_parallelism": 1}
+
+
+def unavailable(reason: str) -> None:
+    """Outside CI a missing server skips its half of the suite, saying why; in CI it fails."""
+    if IN_CI:
+        pytest.fail(reason + " (CI=true: these tests must run)")
+    pytest.skip(reason)
 
 
 async def _create_postgres_database() -> str:
@@ -55,28 +68,46 @@ async def _drop_postgres_database(url: str) -> None:
         await admin.dispose()
 
 
+async def _check_redis() -> None:
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True)
+class Backend:
+    database_url: str
+    redis_url: str | None  # None: the in-process cache
+
+
 @pytest.fixture(scope="session", params=["postgresql", "sqlite"])
-async def database_url(
+async def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         path: Path = tmp_path_factory.mktemp("sqlite") / "glasshouse.db"
-        url = f"sqlite+aiosqlite:///{path}"
-        yield url
+        yield Backend(f"sqlite+aiosqlite:///{path}", None)
         return
+    try:
+        await _check_redis()
+    except (OSError, ConnectionError, redis.exceptions.RedisError) as exc:
+        unavailable(f"Redis at {REDIS_URL} unreachable: {exc}")
     try:
         url = await _create_postgres_database()
     except (OSError, ConnectionError) as exc:
-        reason = (
-            f"PostgreSQL at {make_url(POSTGRES_ADMIN_URL).render_as_string()} unreachable: {exc}"
-        )
-        if IN_CI:
-            pytest.fail(reason + " (CI=true: PostgreSQL tests must run)")
-        pytest.skip(reason)
+        shown = make_url(POSTGRES_ADMIN_URL).render_as_string()
+        unavailable(f"PostgreSQL at {shown} unreachable: {exc}")
     try:
-        yield url
+        yield Backend(url, REDIS_URL)
     finally:
         await _drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: Backend) -> str:
+    return backend.database_url
 
 
 @pytest.fixture(scope="session")
@@ -88,21 +119,30 @@ async def database_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def make_settings(database_url: str, **overrides: object) -> Settings:
-    auth = overrides.pop("auth", None) or AuthSettings(**FAST_HASHING)  # type: ignore[arg-type]
+def make_settings(database_url: str, redis_url: str | None = None, **overrides: Any) -> Settings:
+    """Test settings. With Redis, every call gets a key prefix of its own: nothing a test
+    caches or counts can reach another test."""
+    auth = overrides.pop("auth", None) or AuthSettings(**FAST_HASHING)
+    cache = overrides.pop("cache", None) or CacheSettings()
+    if cache.key_prefix == CacheSettings().key_prefix:
+        cache = cache.model_copy(update={"key_prefix": f"gh-test-{uuid.uuid4().hex}"})
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        environment=Environment.test,
-        database=DatabaseSettings(url=database_url),
-        auth=auth,
-        auto_migrate=False,
-        **overrides,  # type: ignore[arg-type]
+        **{
+            "environment": Environment.test,
+            "database": DatabaseSettings(url=database_url),
+            "redis_url": redis_url,
+            "auth": auth,
+            "cache": cache,
+            "auto_migrate": False,
+            **overrides,
+        },
     )
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return make_settings(database_url)
+def settings(backend: Backend) -> Settings:
+    return make_settings(backend.database_url, backend.redis_url)
 
 
 @pytest.fixture
@@ -113,32 +153,60 @@ async def empty_database(database_engine: AsyncEngine) -> AsyncIterator[AsyncEng
             await connection.execute(delete(table))
 
 
-@pytest.fixture
-async def client(
-    settings: Settings, empty_database: AsyncEngine
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_client(settings) as http_client:
-        yield http_client
+@dataclass(frozen=True)
+class RunningApp:
+    client: httpx.AsyncClient
+    state: AppState
 
 
 @contextlib.asynccontextmanager
-async def running_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to a freshly built app whose lifespan has started, with the
+async def running_app(settings: Settings) -> AsyncIterator[RunningApp]:
+    """A freshly built app whose lifespan has started, an httpx client wired to it, and the
     lifespan state handed to each request as a server would."""
     app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
-            yield http_client
+            yield RunningApp(http_client, manager._state)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def running_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(settings) as app:
+        yield app.client
+
+
+@pytest.fixture
+async def app(settings: Settings, empty_database: AsyncEngine) -> AsyncIterator[RunningApp]:
+    async with running_app(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def client(app: RunningApp) -> httpx.AsyncClient:
+    return app.client
+
+
+UpdateUser = Callable[..., Awaitable[None]]
 SetRole = Callable[[int, Role], Awaitable[None]]
 
 
 @pytest.fixture
-def set_role(empty_database: AsyncEngine) -> SetRole:
-    async def _set_role(user_id: int, role: Role) -> None:
+def update_user(empty_database: AsyncEngine, app: RunningApp) -> UpdateUser:
+    """Changes a user row behind the API's back, as an operator with SQL would, then does what
+    such a change needs: invalidating the user's cached session checks."""
+
+    async def _update(user_id: int, **values: Any) -> None:
         async with empty_database.begin() as connection:
-            await connection.execute(update(User).where(User.id == user_id).values(role=role))
+            await connection.execute(update(User).where(User.id == user_id).values(**values))
+        await app.state["caches"].auth.invalidate(user_id)
+
+    return _update
+
+
+@pytest.fixture
+def set_role(update_user: UpdateUser) -> SetRole:
+    async def _set_role(user_id: int, role: Role) -> None:
+        await update_user(user_id, role=role)
 
     return _set_role

@@ -15,7 +15,7 @@ from service.auth.models import RefreshToken
 from service.auth.security import hash_refresh_token
 from service.settings import DEVELOPMENT_JWT_SECRET, AuthSettings
 from service.users.models import User
-from tests.conftest import FAST_HASHING, make_settings, running_client
+from tests.conftest import FAST_HASHING, UpdateUser, make_settings, running_client
 from tests.factories import (
     API,
     DEFAULT_PASSWORD,
@@ -221,11 +221,10 @@ async def test_expired_access_token_is_refused(client: httpx.AsyncClient) -> Non
 
 
 async def test_inactive_user_cannot_log_in_or_use_tokens(
-    client: httpx.AsyncClient, empty_database: AsyncEngine
+    client: httpx.AsyncClient, update_user: UpdateUser
 ) -> None:
     account = await make_account(client)
-    async with empty_database.begin() as connection:
-        await connection.execute(update(User).where(User.id == account.id).values(is_active=False))
+    await update_user(account.id, is_active=False)
     assert_problem(await me(client, account.access_token), 403, "inactive_user")
     assert_problem(await login(client, account.email, account.password), 403, "inactive_user")
     assert_problem(await refresh(client, account.refresh_token), 401, "invalid_token")

@@ -275,13 +275,16 @@ async def test_request_touching_the_database_has_db_child_spans(
     account = await make_account(client)
     item = await make_item(client, account)
     exporter.clear()
-    await client.get(f"{API}/items/{item['id']}", headers=account.headers)
+    # no-cache: the item is read from the database (the session check stays cached).
+    await client.get(
+        f"{API}/items/{item['id']}", headers={**account.headers, "Cache-Control": "no-cache"}
+    )
     spans = exporter.get_finished_spans()
     [server] = server_spans(exporter)
     assert server.name == "GET /api/v1/items/{item_id}"
     assert server.context is not None
     db_spans = [span for span in spans if span.attributes and "db.system" in span.attributes]
-    assert len(db_spans) >= 2  # the session lookup and the item read
+    assert db_spans
     for span in db_spans:
         assert span.kind.name == "CLIENT"
         assert span.parent is not None

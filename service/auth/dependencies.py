@@ -5,8 +5,9 @@ from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
 
 from service.auth import sessions
+from service.auth.principal import Principal
 from service.auth.security import AccessClaims
-from service.dependencies import AccessTokensDep, SessionDep
+from service.dependencies import AccessTokensDep, AuthCacheDep, SessionDep
 from service.errors import AuthenticationError, ForbiddenError, InactiveUserError, InvalidTokenError
 from service.users.models import Role, User
 
@@ -27,26 +28,47 @@ def get_access_claims(
 AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
-async def get_current_user(session: SessionDep, claims: AccessClaimsDep) -> User:
-    user = await sessions.get_session_user(
-        session=session, user_id=claims.user_id, session_id=claims.session_id
-    )
-    if user is None:
-        raise InvalidTokenError()
-    if not user.is_active:
-        raise InactiveUserError()
+async def get_principal(
+    claims: AccessClaimsDep, session: SessionDep, auth_cache: AuthCacheDep
+) -> Principal:
+    """The token's login session must still be open and its user active. That answer is
+    cached per session; revoking, deactivating or changing a role invalidates it at once."""
+    lookup = await auth_cache.read(claims.user_id, claims.session_id)
+    if lookup.value is not None:
+        principal = Principal.loads(lookup.value)
+    else:
+        user = await sessions.get_session_user(
+            session=session, user_id=claims.user_id, session_id=claims.session_id
+        )
+        if user is None:
+            raise InvalidTokenError()
+        if not user.is_active:
+            raise InactiveUserError()
+        principal = Principal(id=user.id, role=Role(user.role), session_id=claims.session_id)
+        await auth_cache.write(claims.user_id, claims.session_id, lookup, principal.dumps())
     # Lands in every log line of this request, the access line included.
-    structlog.contextvars.bind_contextvars(user_id=user.id)
+    structlog.contextvars.bind_contextvars(user_id=principal.id)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> User:
+    """The user's row, for the routes that read or change the account itself."""
+    user = await session.get(User, principal.id)
+    if user is None:  # deleted since the session was checked
+        raise InvalidTokenError()
     return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def require_admin(user: CurrentUser) -> User:
-    if user.role != Role.admin:
+def require_admin(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
         raise ForbiddenError("This operation needs the admin role.")
-    return user
+    return principal
 
 
-AdminUser = Annotated[User, Depends(require_admin)]
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]

@@ -1,12 +1,19 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from service.auth import service
-from service.auth.dependencies import AccessClaimsDep, CurrentUser
+from service.auth.dependencies import CurrentPrincipal
 from service.auth.schemas import RefreshRequest, TokenPair
-from service.dependencies import AccessTokensDep, PasswordsDep, SessionDep, SettingsDep
+from service.dependencies import (
+    AccessTokensDep,
+    AuthCacheDep,
+    LoginLimiterDep,
+    PasswordsDep,
+    SessionDep,
+    SettingsDep,
+)
 from service.users import service as users_service
 from service.users.schemas import UserCreate, UserRead
 
@@ -27,17 +34,27 @@ async def register(data: UserCreate, session: SessionDep, passwords: PasswordsDe
 @router.post(
     "/token",
     summary="Log in (OAuth2 password flow): email as username",
-    responses={401: {"description": "Incorrect email or password"}},
+    responses={
+        401: {"description": "Incorrect email or password"},
+        429: {"description": "Too many failed logins (see Retry-After)"},
+    },
 )
 async def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    request: Request,
     session: SessionDep,
     passwords: PasswordsDep,
+    limiter: LoginLimiterDep,
     access_tokens: AccessTokensDep,
     settings: SettingsDep,
 ) -> TokenPair:
     user = await service.authenticate(
-        session=session, passwords=passwords, email=form.username, password=form.password
+        session=session,
+        passwords=passwords,
+        limiter=limiter,
+        email=form.username,
+        password=form.password,
+        client_address=request.client.host if request.client else "unknown",
     )
     return await service.login(
         session=session, access_tokens=access_tokens, settings=settings.auth, user=user
@@ -52,11 +69,13 @@ async def token(
 async def refresh(
     data: RefreshRequest,
     session: SessionDep,
+    auth_cache: AuthCacheDep,
     access_tokens: AccessTokensDep,
     settings: SettingsDep,
 ) -> TokenPair:
     return await service.refresh(
         session=session,
+        auth_cache=auth_cache,
         access_tokens=access_tokens,
         settings=settings.auth,
         raw_refresh_token=data.refresh_token,
@@ -68,5 +87,12 @@ async def refresh(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="End this login session: its access and refresh tokens stop working",
 )
-async def logout(session: SessionDep, claims: AccessClaimsDep, user: CurrentUser) -> None:
-    await service.logout(session=session, session_id=claims.session_id, user_id=user.id)
+async def logout(
+    session: SessionDep, auth_cache: AuthCacheDep, principal: CurrentPrincipal
+) -> None:
+    await service.logout(
+        session=session,
+        auth_cache=auth_cache,
+        session_id=principal.session_id,
+        user_id=principal.id,
+    )

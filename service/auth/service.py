@@ -5,8 +5,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import sessions
 from service.auth.models import AuthSession
+from service.auth.rate_limit import LoginRateLimiter
 from service.auth.schemas import TokenPair
 from service.auth.security import AccessTokenCodec, PasswordHasher
+from service.cache.scoped import UserScopedCache
 from service.db.base import utc_now
 from service.errors import (
     InactiveUserError,
@@ -27,10 +29,17 @@ MAX_PASSWORD_LENGTH = 128
 
 
 async def authenticate(
-    *, session: AsyncSession, passwords: PasswordHasher, email: str, password: str
+    *,
+    session: AsyncSession,
+    passwords: PasswordHasher,
+    limiter: LoginRateLimiter,
+    email: str,
+    password: str,
+    client_address: str,
 ) -> User:
     if len(email) > MAX_EMAIL_LENGTH or len(password) > MAX_PASSWORD_LENGTH or "\x00" in email:
         raise InvalidCredentialsError()
+    await limiter.check(email, client_address)
     user = await get_by_email(session=session, email=email)
     valid, new_hash = await passwords.verify_and_update(
         password, user.hashed_password if user else None
@@ -38,7 +47,9 @@ async def authenticate(
     if user is None or not valid:
         log.info("login_failed", reason="invalid_credentials")
         LOGIN_ATTEMPTS.labels(outcome="invalid_credentials").inc()
+        await limiter.record_failure(email, client_address)
         raise InvalidCredentialsError()
+    await limiter.record_success(email, client_address)
     if not user.is_active:
         log.info("login_failed", reason="inactive", user_id=user.id)
         LOGIN_ATTEMPTS.labels(outcome="inactive").inc()
@@ -71,6 +82,7 @@ async def login(
 async def refresh(
     *,
     session: AsyncSession,
+    auth_cache: UserScopedCache,
     access_tokens: AccessTokenCodec,
     settings: AuthSettings,
     raw_refresh_token: str,
@@ -90,6 +102,7 @@ async def refresh(
             session=session, session_id=auth_session.id, reason="refresh_reuse"
         )
         await session.commit()
+        await auth_cache.invalidate(auth_session.user_id)
         SESSIONS_REVOKED.labels(reason="refresh_reuse").inc(revoked)
         log.warning("refresh_token_reused", user_id=auth_session.user_id)
         raise RefreshTokenReusedError()
@@ -112,8 +125,11 @@ async def refresh(
     )
 
 
-async def logout(*, session: AsyncSession, session_id: str, user_id: int) -> None:
+async def logout(
+    *, session: AsyncSession, auth_cache: UserScopedCache, session_id: str, user_id: int
+) -> None:
     revoked = await sessions.revoke_session(session=session, session_id=session_id, reason="logout")
     await session.commit()
+    await auth_cache.invalidate(user_id)
     SESSIONS_REVOKED.labels(reason="logout").inc(revoked)
     log.info("logged_out", user_id=user_id)

@@ -24,7 +24,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         engine = create_async_engine(settings.url)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_foreign_keys)
         return engine
-    connect_args: dict[str, Any] = {"timeout": settings.connect_timeout_seconds}
+    connect_args: dict[str, Any] = {
+        "timeout": settings.connect_timeout_seconds,
+        # Client-side: bounds a statement even when the server (or the network) stalls.
+        "command_timeout": settings.command_timeout_seconds,
+    }
     if settings.statement_timeout_ms:
         connect_args["server_settings"] = {"statement_timeout": str(settings.statement_timeout_ms)}
     return create_async_engine(

@@ -2,17 +2,17 @@ from typing import Annotated
 
 from fastapi import Depends, Path
 
-from service.auth.dependencies import CurrentUser
+from service.auth.dependencies import CurrentPrincipal
 from service.dependencies import SessionDep
 from service.items import service
 from service.items.models import Item
 from service.schemas import MAX_ID
 
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
-async def visible_item(
-    session: SessionDep, user: CurrentUser, item_id: Annotated[int, Path(ge=1, le=MAX_ID)]
-) -> Item:
-    return await service.get_visible_item(session=session, viewer=user, item_id=item_id)
+
+async def visible_item(session: SessionDep, viewer: CurrentPrincipal, item_id: ItemId) -> Item:
+    return await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
 
 
 VisibleItem = Annotated[Item, Depends(visible_item)]

@@ -1,31 +1,62 @@
+import hashlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from service.auth.dependencies import CurrentUser
-from service.dependencies import SessionDep
+from service.auth.dependencies import CurrentPrincipal
+from service.auth.principal import Principal
+from service.cache.responses import json_with_etag, wants_fresh
+from service.cache.scoped import MISS_UNAVAILABLE, Lookup, UserScopedCache
+from service.dependencies import ItemCacheDep, SessionDep
 from service.items import service
-from service.items.dependencies import VisibleItem
+from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
 from service.items.schemas import ItemCreate, ItemRead, ItemSort, ItemUpdate
 from service.items.service import ItemFilters
+from service.observability.cache_events import cache_result
 from service.schemas import MAX_ID, NO_NUL_PATTERN, Page, PageParams, page_params
 
 router = APIRouter(prefix="/items", tags=["items"])
 
 _not_found: dict[int | str, dict[str, Any]] = {404: {"description": "No such item, or not yours"}}
+_cached: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the ETag in If-None-Match is current"}
+}
+
+
+async def _lookup(request: Request, cache: UserScopedCache, viewer: Principal, key: str) -> Lookup:
+    """Reads the viewer's cached answer. Admins read through: their views span every owner,
+    and the cache is scoped to one owner's data."""
+    if viewer.is_admin or not cache.available:
+        return MISS_UNAVAILABLE
+    lookup = await cache.read(viewer.id, key)
+    if wants_fresh(request):
+        # Answered from the database, and the fresh answer replaces the cached one.
+        cache_result("bypass")
+        return Lookup(value=None, version=lookup.version)
+    cache_result("hit" if lookup.value is not None else "miss")
+    return lookup
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an item")
-async def create_item(data: ItemCreate, user: CurrentUser, session: SessionDep) -> ItemRead:
-    item = await service.create_item(session=session, owner=user, data=data)
+async def create_item(
+    data: ItemCreate, viewer: CurrentPrincipal, session: SessionDep, cache: ItemCacheDep
+) -> ItemRead:
+    item = await service.create_item(session=session, cache=cache, owner=viewer, data=data)
     return ItemRead.model_validate(item)
 
 
-@router.get("", summary="List your items (admins: everyone's), filtered and sorted")
+@router.get(
+    "",
+    response_model=Page[ItemRead],
+    summary="List your items (admins: everyone's), filtered and sorted",
+    responses=_cached,
+)
 async def list_items(
-    user: CurrentUser,
+    request: Request,
+    viewer: CurrentPrincipal,
     session: SessionDep,
+    cache: ItemCacheDep,
     page: Annotated[PageParams, Depends(page_params)],
     item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
     priority: Annotated[int | None, Query(ge=1, le=5)] = None,
@@ -37,29 +68,57 @@ async def list_items(
         int | None, Query(ge=1, le=MAX_ID, description="Admins only: one owner's items")
     ] = None,
     sort: ItemSort = ItemSort.created_desc,
-) -> Page[ItemRead]:
+) -> Response:
     filters = ItemFilters(
         status=item_status, priority=priority, title_contains=q, owner_id=owner_id
     )
+    # Everything that changes the answer, and nothing else (the viewer is the key's scope).
+    query = f"{item_status}|{priority}|{q}|{owner_id}|{sort.value}|{page.limit}|{page.offset}"
+    key = "list:" + hashlib.sha256(query.encode()).hexdigest()[:32]
+    lookup = await _lookup(request, cache, viewer, key)
+    if lookup.value is not None:
+        return json_with_etag(request, lookup.value)
     items, total = await service.list_items(
-        session=session, viewer=user, filters=filters, sort=sort, page=page
+        session=session, viewer=viewer, filters=filters, sort=sort, page=page
     )
-    return Page[ItemRead](
+    body = Page[ItemRead](
         items=[ItemRead.model_validate(item) for item in items],
         total=total,
         limit=page.limit,
         offset=page.offset,
-    )
+    ).model_dump_json()
+    await cache.write(viewer.id, key, lookup, body.encode())
+    return json_with_etag(request, body.encode())
 
 
-@router.get("/{item_id}", summary="Get one item", responses=_not_found)
-async def get_item(item: VisibleItem) -> ItemRead:
-    return ItemRead.model_validate(item)
+@router.get(
+    "/{item_id}",
+    response_model=ItemRead,
+    summary="Get one item",
+    responses={**_not_found, **_cached},
+)
+async def get_item(
+    request: Request,
+    item_id: ItemId,
+    viewer: CurrentPrincipal,
+    session: SessionDep,
+    cache: ItemCacheDep,
+) -> Response:
+    key = f"item:{item_id}"
+    lookup = await _lookup(request, cache, viewer, key)
+    if lookup.value is not None:
+        return json_with_etag(request, lookup.value)
+    item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
+    body = ItemRead.model_validate(item).model_dump_json().encode()
+    await cache.write(viewer.id, key, lookup, body)
+    return json_with_etag(request, body)
 
 
 @router.patch("/{item_id}", summary="Change an item", responses=_not_found)
-async def update_item(data: ItemUpdate, item: VisibleItem, session: SessionDep) -> ItemRead:
-    updated = await service.update_item(session=session, item=item, data=data)
+async def update_item(
+    data: ItemUpdate, item: VisibleItem, session: SessionDep, cache: ItemCacheDep
+) -> ItemRead:
+    updated = await service.update_item(session=session, cache=cache, item=item, data=data)
     return ItemRead.model_validate(updated)
 
 
@@ -69,5 +128,5 @@ async def update_item(data: ItemUpdate, item: VisibleItem, session: SessionDep) 
     summary="Delete an item",
     responses=_not_found,
 )
-async def delete_item(item: VisibleItem, session: SessionDep) -> None:
-    await service.delete_item(session=session, item=item)
+async def delete_item(item: VisibleItem, session: SessionDep, cache: ItemCacheDep) -> None:
+    await service.delete_item(session=session, cache=cache, item=item)

@@ -8,12 +8,13 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import UnaryExpression
 
+from service.auth.principal import Principal
+from service.cache.scoped import UserScopedCache
 from service.errors import NotFoundError
 from service.items.models import Item, ItemStatus
 from service.items.schemas import ItemCreate, ItemSort, ItemUpdate
 from service.observability.metrics import ITEMS_CREATED, ITEMS_DELETED
 from service.schemas import PageParams
-from service.users.models import Role, User
 
 log = structlog.get_logger(__name__)
 
@@ -37,19 +38,23 @@ class ItemFilters:
     owner_id: int | None = None
 
 
-async def create_item(*, session: AsyncSession, owner: User, data: ItemCreate) -> Item:
+async def create_item(
+    *, session: AsyncSession, cache: UserScopedCache, owner: Principal, data: ItemCreate
+) -> Item:
     item = Item(owner_id=owner.id, **data.model_dump())
     session.add(item)
     await session.commit()
+    # After the commit: a reader that sees the new version also sees the new row.
+    await cache.invalidate(owner.id)
     log.info("item_created", item_id=item.id, owner_id=owner.id)
     ITEMS_CREATED.inc()
     return item
 
 
-async def get_visible_item(*, session: AsyncSession, viewer: User, item_id: int) -> Item:
+async def get_visible_item(*, session: AsyncSession, viewer: Principal, item_id: int) -> Item:
     item = await session.get(Item, item_id)
     # Someone else's item answers exactly like a missing one: existence is not leaked.
-    if item is None or (item.owner_id != viewer.id and viewer.role != Role.admin):
+    if item is None or (item.owner_id != viewer.id and not viewer.is_admin):
         raise NotFoundError("No item with that id.")
     return item
 
@@ -57,7 +62,7 @@ async def get_visible_item(*, session: AsyncSession, viewer: User, item_id: int)
 async def list_items(
     *,
     session: AsyncSession,
-    viewer: User,
+    viewer: Principal,
     filters: ItemFilters,
     sort: ItemSort,
     page: PageParams,
@@ -72,23 +77,27 @@ async def list_items(
     return list(items), total or 0
 
 
-async def update_item(*, session: AsyncSession, item: Item, data: ItemUpdate) -> Item:
+async def update_item(
+    *, session: AsyncSession, cache: UserScopedCache, item: Item, data: ItemUpdate
+) -> Item:
     for field, value in data.model_dump(exclude_unset=True).items():
         setattr(item, field, value)
     await session.commit()
+    await cache.invalidate(item.owner_id)
     log.info("item_updated", item_id=item.id)
     return item
 
 
-async def delete_item(*, session: AsyncSession, item: Item) -> None:
+async def delete_item(*, session: AsyncSession, cache: UserScopedCache, item: Item) -> None:
     await session.delete(item)
     await session.commit()
+    await cache.invalidate(item.owner_id)
     log.info("item_deleted", item_id=item.id)
     ITEMS_DELETED.inc()
 
 
-def _filtered(query: _Query, *, viewer: User, filters: ItemFilters) -> _Query:
-    if viewer.role != Role.admin:
+def _filtered(query: _Query, *, viewer: Principal, filters: ItemFilters) -> _Query:
+    if not viewer.is_admin:
         query = query.where(Item.owner_id == viewer.id)
     elif filters.owner_id is not None:
         query = query.where(Item.owner_id == filters.owner_id)

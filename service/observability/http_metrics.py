@@ -17,7 +17,7 @@ from service.observability import metrics
 
 # Probes and the scrape itself are not API traffic: counting them would drown the API's rates
 # and latencies in kubelet and Prometheus noise.
-UNMEASURED_PATHS = ("^/health/", "^/metrics$")
+UNMEASURED_PATHS = ("^/health(/|$)", "^/metrics$")
 
 
 def _content_length(headers: Any) -> int:

@@ -67,6 +67,15 @@ DB_POOL_SIZE = Gauge(
 )
 CACHE_RESULTS = ("hit", "miss", "error")
 CACHE_REQUESTS = Counter("glasshouse_cache_requests_total", "Cache lookups by result.", ["result"])
+CACHE_AVAILABLE = Gauge(
+    "glasshouse_cache_available",
+    "1 while the cache answers; 0 while a worker's circuit breaker skips it (lowest worker).",
+    multiprocess_mode="livemin",
+)
+RATE_LIMITED = Counter(
+    "glasshouse_rate_limited_total", "Requests refused by a rate limit, by limit.", ["limit"]
+)
+RATE_LIMITS = ("login_account", "login_address")
 APP_INFO = Gauge(
     "glasshouse_app_info",
     "Always 1; labels carry the running version and build.",
@@ -84,9 +93,12 @@ def initialize_series(*, version: str, build: str) -> None:
         SESSIONS_REVOKED.labels(reason=reason)
     for result in CACHE_RESULTS:
         CACHE_REQUESTS.labels(result=result)
+    for limit in RATE_LIMITS:
+        RATE_LIMITED.labels(limit=limit)
     for state in ("in_use", "overflow"):
         DB_POOL_CONNECTIONS.labels(state=state)
     APP_INFO.labels(version=version, build=build).set(1)
+    CACHE_AVAILABLE.set(1)
 
 
 def exposition_registry(multiprocess_dir: str | None) -> CollectorRegistry:

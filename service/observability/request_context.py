@@ -30,7 +30,7 @@ error_log = structlog.get_logger("glasshouse.error")
 def _is_probe(path: str) -> bool:
     """Kubelet probes and Prometheus scrapes: logged only when they fail, or they would be
     most of the log volume."""
-    return path.startswith("/health/") or path == "/metrics"
+    return path.startswith("/health") or path == "/metrics"
 
 
 def accepted_request_id(value: str | None) -> str:

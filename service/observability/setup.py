@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
+from service.cache.setup import Caches
+from service.cache.store import RedisStore
 from service.observability import metrics, tracing
 from service.observability.http_metrics import instrument_http
 from service.observability.logging import configure_logging
@@ -75,6 +77,12 @@ def observe_engine(
         tracing.instrument_engine(engine, provider)
     if settings.observability.metrics and not settings.database.is_sqlite:
         _track_pool(engine, settings)
+
+
+def observe_cache(caches: Caches, provider: TracerProvider | None) -> None:
+    store = caches.store.store
+    if provider is not None and isinstance(store, RedisStore):
+        tracing.instrument_redis(store.client, provider)
 
 
 def _track_pool(engine: AsyncEngine, settings: Settings) -> None:

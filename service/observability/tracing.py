@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
@@ -38,7 +40,7 @@ from service.settings import Settings
 log = structlog.get_logger(__name__)
 
 # Probes and scrapes would be most of the traces and none of the insight.
-UNTRACED_URLS = "/health/.*,/metrics"
+UNTRACED_URLS = "/health,/metrics"
 
 
 def create_tracer_provider(
@@ -116,11 +118,24 @@ class _ChildSpansOnlyTracer:
             yield span
 
 
+class _ChildSpansOnlyProvider:
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> _ChildSpansOnlyTracer:
+        return _ChildSpansOnlyTracer(self._provider.get_tracer(*args, **kwargs))
+
+
+def instrument_redis(client: Redis, provider: TracerProvider) -> None:
+    """Redis command spans, for this client only, and only inside a traced request."""
+    RedisInstrumentor.instrument_client(client, tracer_provider=_ChildSpansOnlyProvider(provider))  # type: ignore[arg-type]
+
+
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
     """DB spans for this engine only (the instrumentor's global patching would tie every
     engine in the process to the first provider)."""
-    tracer = _ChildSpansOnlyTracer(
-        provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
+    tracer = _ChildSpansOnlyProvider(provider).get_tracer(
+        "opentelemetry.instrumentation.sqlalchemy", __version__
     )
     connections = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
     EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]

@@ -2,8 +2,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, status
 
-from service.auth.dependencies import AdminUser, CurrentUser
-from service.dependencies import PasswordsDep, SessionDep
+from service.auth.dependencies import AdminPrincipal, CurrentUser
+from service.dependencies import AuthCacheDep, PasswordsDep, SessionDep
 from service.schemas import Page, PageParams, page_params
 from service.users import service
 from service.users.dependencies import UserById
@@ -31,9 +31,15 @@ async def update_me(data: UserUpdateMe, user: CurrentUser, session: SessionDep) 
     summary="Change your password (ends every login session)",
 )
 async def change_password(
-    data: PasswordChange, user: CurrentUser, session: SessionDep, passwords: PasswordsDep
+    data: PasswordChange,
+    user: CurrentUser,
+    session: SessionDep,
+    passwords: PasswordsDep,
+    auth_cache: AuthCacheDep,
 ) -> None:
-    await service.change_password(session=session, passwords=passwords, user=user, data=data)
+    await service.change_password(
+        session=session, passwords=passwords, auth_cache=auth_cache, user=user, data=data
+    )
 
 
 @router.delete(
@@ -41,13 +47,13 @@ async def change_password(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete your account and everything it owns",
 )
-async def delete_me(user: CurrentUser, session: SessionDep) -> None:
-    await service.delete_user(session=session, user=user)
+async def delete_me(user: CurrentUser, session: SessionDep, auth_cache: AuthCacheDep) -> None:
+    await service.delete_user(session=session, auth_cache=auth_cache, user=user)
 
 
 @router.get("", summary="List users (admin)")
 async def list_users(
-    _: AdminUser, session: SessionDep, page: Annotated[PageParams, Depends(page_params)]
+    _: AdminPrincipal, session: SessionDep, page: Annotated[PageParams, Depends(page_params)]
 ) -> Page[UserRead]:
     users, total = await service.list_users(session=session, page=page)
     return Page[UserRead](
@@ -59,15 +65,21 @@ async def list_users(
 
 
 @router.get("/{user_id}", summary="Get a user (admin)", responses=_not_found)
-async def get_user(_: AdminUser, user: UserById) -> UserRead:
+async def get_user(_: AdminPrincipal, user: UserById) -> UserRead:
     return UserRead.model_validate(user)
 
 
 @router.patch("/{user_id}", summary="Change a user's role or status (admin)", responses=_not_found)
 async def update_user(
-    data: UserAdminUpdate, _: AdminUser, user: UserById, session: SessionDep
+    data: UserAdminUpdate,
+    _: AdminPrincipal,
+    user: UserById,
+    session: SessionDep,
+    auth_cache: AuthCacheDep,
 ) -> UserRead:
-    updated = await service.admin_update(session=session, user=user, data=data)
+    updated = await service.admin_update(
+        session=session, auth_cache=auth_cache, user=user, data=data
+    )
     return UserRead.model_validate(updated)
 
 
@@ -77,5 +89,7 @@ async def update_user(
     summary="Delete a user (admin)",
     responses=_not_found,
 )
-async def delete_user(_: AdminUser, user: UserById, session: SessionDep) -> None:
-    await service.delete_user(session=session, user=user)
+async def delete_user(
+    _: AdminPrincipal, user: UserById, session: SessionDep, auth_cache: AuthCacheDep
+) -> None:
+    await service.delete_user(session=session, auth_cache=auth_cache, user=user)

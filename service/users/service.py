@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.security import PasswordHasher
 from service.auth.sessions import revoke_all_sessions
+from service.cache.scoped import UserScopedCache
 from service.errors import EmailTakenError, LastAdminError, NotFoundError, WrongPasswordError
 from service.observability.metrics import SESSIONS_REVOKED
 from service.schemas import PageParams
@@ -71,7 +72,12 @@ async def update_me(*, session: AsyncSession, user: User, data: UserUpdateMe) ->
 
 
 async def change_password(
-    *, session: AsyncSession, passwords: PasswordHasher, user: User, data: PasswordChange
+    *,
+    session: AsyncSession,
+    passwords: PasswordHasher,
+    auth_cache: UserScopedCache,
+    user: User,
+    data: PasswordChange,
 ) -> None:
     valid, _ = await passwords.verify_and_update(data.current_password, user.hashed_password)
     if not valid:
@@ -80,11 +86,14 @@ async def change_password(
     # Whoever held the old password may hold tokens too: every session ends.
     revoked = await revoke_all_sessions(session=session, user_id=user.id, reason="password_changed")
     await session.commit()
+    await auth_cache.invalidate(user.id)
     SESSIONS_REVOKED.labels(reason="password_changed").inc(revoked)
     log.info("password_changed", user_id=user.id)
 
 
-async def admin_update(*, session: AsyncSession, user: User, data: UserAdminUpdate) -> User:
+async def admin_update(
+    *, session: AsyncSession, auth_cache: UserScopedCache, user: User, data: UserAdminUpdate
+) -> User:
     changes = data.model_dump(exclude_unset=True)
     loses_admin = (changes.get("role", user.role) != Role.admin) or not changes.get(
         "is_active", user.is_active
@@ -97,21 +106,27 @@ async def admin_update(*, session: AsyncSession, user: User, data: UserAdminUpda
     if changes.get("is_active") is False:
         revoked = await revoke_all_sessions(session=session, user_id=user.id, reason="deactivated")
     await session.commit()
+    # Role and active state are part of every cached session check of this user.
+    await auth_cache.invalidate(user.id)
     SESSIONS_REVOKED.labels(reason="deactivated").inc(revoked)
     log.info("user_updated_by_admin", user_id=user.id, fields=sorted(changes))
     return user
 
 
-async def delete_user(*, session: AsyncSession, user: User) -> None:
+async def delete_user(*, session: AsyncSession, auth_cache: UserScopedCache, user: User) -> None:
     if user.role == Role.admin and user.is_active:
         await _refuse_removing_last_admin(session=session, user=user)
     await session.delete(user)
     await session.commit()
+    await auth_cache.invalidate(user.id)
     log.info("user_deleted", user_id=user.id)
 
 
 async def ensure_bootstrap_admin(
-    session: AsyncSession, passwords: PasswordHasher, settings: AuthSettings
+    session: AsyncSession,
+    passwords: PasswordHasher,
+    settings: AuthSettings,
+    auth_cache: UserScopedCache,
 ) -> None:
     """Create the configured admin, or promote and reactivate an existing account."""
     if not settings.bootstrap_admin_email:
@@ -143,6 +158,9 @@ async def ensure_bootstrap_admin(
     except IntegrityError:
         # Another worker bootstrapped the same admin at the same moment.
         await session.rollback()
+        return
+    if user is not None:
+        await auth_cache.invalidate(user.id)
     log.info("bootstrap_admin_ensured")
 
 

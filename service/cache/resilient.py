@@ -1,0 +1,160 @@
+"""The cache never fails a request: every call is bounded by a short timeout, failures open a
+circuit breaker that skips Redis for a while, and then one call probes whether it is back.
+Degradation costs latency for a few requests per worker, not errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import TypeVar
+
+import structlog
+from redis.exceptions import RedisError
+
+from service.cache.store import Store
+from service.observability import cache_events
+from service.settings import CacheSettings
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_FAILURES = (RedisError, OSError, TimeoutError, ConnectionError)
+
+
+class BreakerState(StrEnum):
+    closed = "closed"
+    open = "open"
+    half_open = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, *, failure_threshold: int, open_seconds: float) -> None:
+        self.failure_threshold = failure_threshold
+        self.open_seconds = open_seconds
+        self.state = BreakerState.closed
+        self._failures = 0
+        self._retry_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        if self.state is BreakerState.closed:
+            return True
+        if self.state is BreakerState.open and time.monotonic() >= self._retry_at:
+            self.state = BreakerState.half_open
+            self._probing = False
+        if self.state is BreakerState.half_open and not self._probing:
+            self._probing = True  # exactly one call finds out whether Redis is back
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        if self.state is not BreakerState.closed:
+            log.warning("cache_recovered")
+            cache_events.cache_available(True)
+        self.state = BreakerState.closed
+        self._failures = 0
+        self._probing = False
+
+    def failed(self, error: BaseException) -> None:
+        self._failures += 1
+        self._probing = False
+        if self.state is BreakerState.half_open or self._failures >= self.failure_threshold:
+            if self.state is not BreakerState.open:
+                # Logged once per opening (at most once per open_seconds): rate-limited.
+                log.warning(
+                    "cache_unavailable",
+                    error=type(error).__name__,
+                    retry_in_seconds=self.open_seconds,
+                )
+                cache_events.cache_available(False)
+            self.state = BreakerState.open
+            self._retry_at = time.monotonic() + self.open_seconds
+
+
+class Cache:
+    """Fail-open access to the store. ``None`` from a read means "unavailable": callers go to
+    the database. Version bumps that fail are kept and applied before anything else once the
+    store is back, so an invalidation is late at worst, never lost."""
+
+    def __init__(self, store: Store | None, settings: CacheSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.breaker = CircuitBreaker(
+            failure_threshold=settings.breaker_failures, open_seconds=settings.breaker_open_seconds
+        )
+        self._pending_writes: dict[str, bytes] = {}
+
+    @property
+    def available(self) -> bool:
+        return self.store is not None
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
+        store = self.store
+        return (await self._call(lambda: store.get_many(keys)))[1] if store else None
+
+    async def set_many(self, items: dict[str, bytes], ttl_seconds: int) -> None:
+        store = self.store
+        if store is not None:
+            await self._call(lambda: store.set_many(items, ttl_seconds))
+
+    async def set_versions(self, items: dict[str, bytes], ttl_seconds: int) -> None:
+        """Writes that invalidate: retried once the store is reachable again if they fail."""
+        store = self.store
+        if store is None:
+            return
+        done, _ = await self._call(lambda: store.set_many(items, ttl_seconds))
+        if not done:
+            self._pending_writes.update(items)
+
+    async def hit_window(self, key: str, window_seconds: int) -> tuple[int, int] | None:
+        store = self.store
+        return (
+            (await self._call(lambda: store.hit_window(key, window_seconds)))[1] if store else None
+        )
+
+    async def window(self, keys: list[str]) -> list[tuple[int, int]] | None:
+        store = self.store
+        return (await self._call(lambda: store.window(keys)))[1] if store else None
+
+    async def delete(self, key: str) -> None:
+        store = self.store
+        if store is not None:
+            await self._call(lambda: store.delete(key))
+
+    async def ping(self) -> None:
+        """For health checks: the real state of the store, breaker or not."""
+        if self.store is None:
+            return
+        async with asyncio.timeout(self.settings.operation_timeout_seconds * 5):
+            await self.store.ping()
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """(done, result): done is False when the store was skipped or failed."""
+        if not self.breaker.allow():
+            return False, None
+        try:
+            async with asyncio.timeout(self.settings.operation_timeout_seconds):
+                if self._pending_writes:
+                    await self._flush_pending()
+                result = await operation()
+        except _FAILURES as error:
+            self.breaker.failed(error)
+            cache_events.cache_error()
+            return False, None
+        self.breaker.succeeded()
+        return True, result
+
+    async def _flush_pending(self) -> None:
+        assert self.store is not None
+        pending, self._pending_writes = self._pending_writes, {}
+        try:
+            await self.store.set_many(pending, self.settings.ttl_seconds * 2)
+        except BaseException:
+            self._pending_writes = {**pending, **self._pending_writes}
+            raise

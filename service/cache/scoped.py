@@ -1,0 +1,69 @@
+"""Entries that belong to one user, invalidated all at once by bumping that user's version.
+
+A read fetches the entry and the user's current version in one round trip; the entry only
+counts if it was written under that version. Writers bump the version *after* their commit and
+readers read it *before* their database read, so a stale answer can never be stored under a
+current version, on any worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.cache.resilient import Cache
+from service.cache.store import new_version
+
+_ABSENT = b"-"  # the version of a user who has not been invalidated since the key expired
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    value: bytes | None  # the cached value, on a hit
+    version: bytes | None  # the version to write under after a miss; None: do not write
+
+
+MISS_UNAVAILABLE = Lookup(value=None, version=None)
+
+
+class UserScopedCache:
+    def __init__(self, cache: Cache, *, prefix: str, namespace: str, ttl_seconds: int) -> None:
+        self.cache = cache
+        self.ttl_seconds = ttl_seconds
+        self._base = f"{prefix}:{namespace}"
+
+    @property
+    def available(self) -> bool:
+        return self.cache.available
+
+    def _version_key(self, user_id: int) -> str:
+        return f"{self._base}:v:{user_id}"
+
+    def _entry_key(self, user_id: int, key: str) -> str:
+        return f"{self._base}:{user_id}:{key}"
+
+    async def read(self, user_id: int, key: str) -> Lookup:
+        found = await self.cache.get_many(
+            [self._entry_key(user_id, key), self._version_key(user_id)]
+        )
+        if found is None:
+            return MISS_UNAVAILABLE
+        entry, version = found
+        version = version or _ABSENT
+        if entry is not None:
+            entry_version, _, value = entry.partition(b"\n")
+            if entry_version == version:
+                return Lookup(value=value, version=version)
+        return Lookup(value=None, version=version)
+
+    async def write(self, user_id: int, key: str, lookup: Lookup, value: bytes) -> None:
+        if lookup.version is None:
+            return
+        entry = lookup.version + b"\n" + value
+        await self.cache.set_many({self._entry_key(user_id, key): entry}, self.ttl_seconds)
+
+    async def invalidate(self, user_id: int) -> None:
+        # The version outlives every entry written under it, so an expired version can never
+        # bring an old entry back to life.
+        await self.cache.set_versions(
+            {self._version_key(user_id): new_version()}, self.ttl_seconds * 2
+        )

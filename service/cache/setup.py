@@ -1,0 +1,72 @@
+"""Which store backs the cache: Redis when configured; in one process without Redis, memory;
+with several processes and no Redis, nothing (an in-process cache could not be invalidated
+across workers, so it would serve stale data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.cache.resilient import Cache
+from service.cache.scoped import UserScopedCache
+from service.cache.store import MemoryStore, RedisStore, Store
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Caches:
+    store: Cache  # also backs the login rate limit
+    auth: UserScopedCache
+    items: UserScopedCache
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def create_redis_client(url: str, settings: Settings) -> Redis:
+    return Redis.from_url(
+        url,
+        socket_timeout=settings.cache.operation_timeout_seconds,
+        socket_connect_timeout=settings.cache.connect_timeout_seconds,
+        # Retrying would multiply the wait on a sick Redis; the breaker decides instead.
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
+def _store(settings: Settings) -> Store | None:
+    if settings.redis_url:
+        return RedisStore(create_redis_client(settings.redis_url, settings))
+    if settings.worker_processes == 1:
+        return MemoryStore()
+    log.warning(
+        "cache_disabled",
+        reason="no REDIS_URL and several worker processes: an in-process cache would go stale",
+        workers=settings.worker_processes,
+    )
+    return None
+
+
+def build_caches(settings: Settings) -> Caches:
+    store = Cache(_store(settings), settings.cache)
+    prefix = settings.cache.key_prefix
+    # Disabling the response cache keeps the store for rate limiting.
+    response_store = store if settings.cache.enabled else Cache(None, settings.cache)
+    return Caches(
+        store=store,
+        auth=UserScopedCache(
+            response_store,
+            prefix=prefix,
+            namespace="auth",
+            ttl_seconds=settings.cache.auth_ttl_seconds,
+        ),
+        items=UserScopedCache(
+            response_store, prefix=prefix, namespace="items", ttl_seconds=settings.cache.ttl_seconds
+        ),
+    )

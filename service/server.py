@@ -1,0 +1,76 @@
+"""The gunicorn worker: uvicorn, plus a drain on SIGTERM.
+
+Kubernetes sends SIGTERM and removes the pod from the Service endpoints at the same time, and
+load balancers take a few seconds to notice. Stopping at once would refuse the requests still
+on their way. So on the first SIGTERM the worker keeps serving for ``drain_seconds`` with
+readiness answering 503, then stops accepting and lets in-flight requests finish (gunicorn's
+graceful timeout bounds the whole). A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from types import FrameType
+from typing import Any, ClassVar
+
+import structlog
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from service.settings import get_settings
+
+log = structlog.get_logger(__name__)
+
+
+class DrainingServer(Server):
+    def __init__(self, *args: Any, drain_seconds: float, on_drain: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._drain_seconds = drain_seconds
+        self._on_drain = on_drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._draining or not self._drain_seconds or not self._loop:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._on_drain()
+        log.info("sigterm_received", drain_seconds=self._drain_seconds)
+        # Signal handlers may only hand work to the loop, never touch it directly.
+        self._loop.call_soon_threadsafe(
+            self._loop.call_later, self._drain_seconds, super().handle_exit, sig, frame
+        )
+
+
+class DrainingUvicornWorker(UvicornWorker):
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        "server_header": False,
+    }
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = DrainingServer(
+            config=self.config,
+            drain_seconds=get_settings().server.drain_seconds,
+            on_drain=self._begin_draining,
+        )
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    def _begin_draining(self) -> None:
+        lifecycle = getattr(getattr(self.wsgi, "state", None), "lifecycle", None)
+        if lifecycle is not None:
+            lifecycle.begin_draining()
