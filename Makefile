@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install run test lint format typecheck check migrate
+.PHONY: help uv install tools run test lint format typecheck check migrate
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,10 +15,13 @@ uv:
 install: uv  ## Create .venv from uv.lock
 	@$(UV) sync --frozen --quiet
 
+tools: uv  ## Install the non-Python tools the tests use (Debian's prometheus/promtool, ...)
+	@scripts/install-test-tools
+
 run: install  ## Run the service on the embedded default (SQLite, no servers needed)
 	$(RUN) python -m service
 
-test: install  ## Run the whole test suite (PostgreSQL on 127.0.0.1:5432 and SQLite) with coverage
+test: install tools  ## Run the whole test suite (PostgreSQL on 127.0.0.1:5432 and SQLite) with coverage
 	$(RUN) pytest --cov --cov-report=term --cov-fail-under=90
 
 lint: install  ## ruff lint and format check
