@@ -5,7 +5,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from service import __version__
-from service.api import api_router
+from service.api import API_PREFIX, API_ROUTERS
 from service.errors import install_error_handlers
 from service.health.lifecycle import Lifecycle
 from service.health.router import router as health_router
@@ -32,14 +32,14 @@ def create_app(
     # The server flips it on SIGTERM (service/server.py); readiness reads it from the state.
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
-    app.include_router(api_router)
+    for router in API_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
 
     # Middleware added later wraps what was added before. From the outside in:
-    # [tracing] -> request context (ID, logs, last-resort 500) -> CORS -> HTTP metrics
+    # [tracing] -> request context (ID, metrics, logs, last-resort 500) -> CORS
     # -> body size limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
-    observability.install_inner_middleware(app, settings)
     if settings.http.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -187,6 +187,13 @@ class ServerSettings(BaseModel):
 
 
 class ObservabilitySettings(BaseModel):
+    enabled: Annotated[
+        bool,
+        Field(
+            description="Master switch: false turns off request IDs, access logs, metrics and "
+            "tracing at once (to measure what they cost)."
+        ),
+    ] = True
     log_format: Annotated[
         Literal["json", "console"] | None,
         Field(description="Log rendering. Unset: console in development, JSON otherwise."),

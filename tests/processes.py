@@ -206,8 +206,14 @@ class Gunicorn:
 
 @contextmanager
 def running_gunicorn(
-    database_url: str, tmp_path: Path, *, workers: int = 2, **settings: str
+    database_url: str,
+    tmp_path: Path,
+    *,
+    workers: int = 2,
+    app: str | None = None,
+    **settings: str,
 ) -> Iterator[Gunicorn]:
+    """gunicorn as production runs it (``app`` replaces the service, e.g. for a baseline)."""
     port, metrics_port = free_port(), free_port()
     env = {
         **base_env(),
@@ -225,10 +231,11 @@ def running_gunicorn(
         "GLASSHOUSE_SERVER__MAX_REQUESTS": "0",
         **settings,
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "gunicorn.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *([app] if app else [])],
             cwd=REPO,
             env=env,
             stdout=log_file,

@@ -3,10 +3,12 @@ from typing import Annotated
 import structlog
 from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import sessions
 from service.auth.principal import Principal
 from service.auth.security import AccessClaims
+from service.cache.scoped import Lookup, UserScopedCache
 from service.dependencies import AccessTokensDep, AuthCacheDep, SessionDep
 from service.errors import AuthenticationError, ForbiddenError, InactiveUserError, InvalidTokenError
 from service.users.models import Role, User
@@ -17,7 +19,7 @@ TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 (a path, not a secret)
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
-def get_access_claims(
+async def get_access_claims(
     access_tokens: AccessTokensDep, token: Annotated[str | None, Depends(_bearer)]
 ) -> AccessClaims:
     if not token:
@@ -31,9 +33,16 @@ AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 async def get_principal(
     claims: AccessClaimsDep, session: SessionDep, auth_cache: AuthCacheDep
 ) -> Principal:
-    """The token's login session must still be open and its user active. That answer is
-    cached per session; revoking, deactivating or changing a role invalidates it at once."""
     lookup = await auth_cache.read(claims.user_id, claims.session_id)
+    return await principal_from(claims, lookup, session=session, auth_cache=auth_cache)
+
+
+async def principal_from(
+    claims: AccessClaims, lookup: Lookup, *, session: AsyncSession, auth_cache: UserScopedCache
+) -> Principal:
+    """The token's login session must still be open and its user active. That answer is
+    cached per session (``lookup``); revoking, deactivating or changing a role invalidates
+    it at once."""
     if lookup.value is not None:
         principal = Principal.loads(lookup.value)
     else:
@@ -65,7 +74,7 @@ async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def require_admin(principal: CurrentPrincipal) -> Principal:
+async def require_admin(principal: CurrentPrincipal) -> Principal:
     if not principal.is_admin:
         raise ForbiddenError("This operation needs the admin role.")
     return principal

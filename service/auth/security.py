@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import secrets
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -65,11 +66,16 @@ class AccessTokenCodec:
 
     _required_claims = ("exp", "iat", "sub", "jti", "sid", "iss")
 
+    # Verified tokens, so a client's repeated requests skip the signature check. Only an
+    # identical token string hits; its expiry is still checked on every use.
+    _VERIFIED_CAPACITY = 4096
+
     def __init__(self, settings: AuthSettings) -> None:
         self._secret = settings.jwt_secret.get_secret_value()
         self._algorithm = settings.jwt_algorithm
         self._issuer = settings.jwt_issuer
         self._ttl = settings.access_token_ttl_seconds
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
 
     def issue(self, *, user_id: int, session_id: str) -> IssuedAccessToken:
         now = datetime.now(UTC)
@@ -85,6 +91,20 @@ class AccessTokenCodec:
         return IssuedAccessToken(token=token, expires_in=self._ttl)
 
     def decode(self, token: str) -> AccessClaims:
+        claims = self._verified.get(token)
+        if claims is not None:
+            if claims.expires_at > datetime.now(UTC):
+                self._verified.move_to_end(token)
+                return claims
+            del self._verified[token]
+            raise InvalidTokenError()
+        claims = self._verify(token)
+        self._verified[token] = claims
+        if len(self._verified) > self._VERIFIED_CAPACITY:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
                 token,

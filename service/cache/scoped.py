@@ -25,6 +25,31 @@ class Lookup:
 MISS_UNAVAILABLE = Lookup(value=None, version=None)
 
 
+def parse(entry: bytes | None, version: bytes | None) -> Lookup:
+    version = version or _ABSENT
+    if entry is not None:
+        entry_version, _, value = entry.partition(b"\n")
+        if entry_version == version:
+            return Lookup(value=value, version=version)
+    return Lookup(value=None, version=version)
+
+
+async def read_pair(
+    first: UserScopedCache,
+    first_key: tuple[int, str],
+    second: UserScopedCache,
+    second_key: tuple[int, str],
+) -> tuple[Lookup, Lookup]:
+    """Two lookups in one round trip (both caches must share a store): a cached item read
+    checks the login session and fetches the item together."""
+    if first.cache is not second.cache:
+        return await first.read(*first_key), await second.read(*second_key)
+    found = await first.cache.get_many(first.keys(*first_key) + second.keys(*second_key))
+    if found is None:
+        return MISS_UNAVAILABLE, MISS_UNAVAILABLE
+    return parse(found[0], found[1]), parse(found[2], found[3])
+
+
 class UserScopedCache:
     def __init__(self, cache: Cache, *, prefix: str, namespace: str, ttl_seconds: int) -> None:
         self.cache = cache
@@ -41,19 +66,12 @@ class UserScopedCache:
     def _entry_key(self, user_id: int, key: str) -> str:
         return f"{self._base}:{user_id}:{key}"
 
+    def keys(self, user_id: int, key: str) -> list[str]:
+        return [self._entry_key(user_id, key), self._version_key(user_id)]
+
     async def read(self, user_id: int, key: str) -> Lookup:
-        found = await self.cache.get_many(
-            [self._entry_key(user_id, key), self._version_key(user_id)]
-        )
-        if found is None:
-            return MISS_UNAVAILABLE
-        entry, version = found
-        version = version or _ABSENT
-        if entry is not None:
-            entry_version, _, value = entry.partition(b"\n")
-            if entry_version == version:
-                return Lookup(value=value, version=version)
-        return Lookup(value=None, version=version)
+        found = await self.cache.get_many(self.keys(user_id, key))
+        return MISS_UNAVAILABLE if found is None else parse(found[0], found[1])
 
     async def write(self, user_id: int, key: str, lookup: Lookup, value: bytes) -> None:
         if lookup.version is None:

@@ -2,12 +2,14 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.dependencies import CurrentPrincipal
+from service.auth.dependencies import AccessClaimsDep, CurrentPrincipal, principal_from
 from service.auth.principal import Principal
+from service.auth.security import AccessClaims
 from service.cache.responses import json_with_etag, wants_fresh
-from service.cache.scoped import MISS_UNAVAILABLE, Lookup, UserScopedCache
-from service.dependencies import ItemCacheDep, SessionDep
+from service.cache.scoped import MISS_UNAVAILABLE, Lookup, UserScopedCache, read_pair
+from service.dependencies import AuthCacheDep, ItemCacheDep, SessionDep
 from service.items import service
 from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
@@ -24,18 +26,28 @@ _cached: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _lookup(request: Request, cache: UserScopedCache, viewer: Principal, key: str) -> Lookup:
-    """Reads the viewer's cached answer. Admins read through: their views span every owner,
-    and the cache is scoped to one owner's data."""
+async def _viewer_and_lookup(
+    request: Request,
+    claims: AccessClaims,
+    session: AsyncSession,
+    auth_cache: UserScopedCache,
+    cache: UserScopedCache,
+    key: str,
+) -> tuple[Principal, Lookup]:
+    """The viewer, and the viewer's cached answer, in one cache round trip. Admins read
+    through: their views span every owner, and the cache is scoped to one owner's data."""
+    auth_lookup, lookup = await read_pair(
+        auth_cache, (claims.user_id, claims.session_id), cache, (claims.user_id, key)
+    )
+    viewer = await principal_from(claims, auth_lookup, session=session, auth_cache=auth_cache)
     if viewer.is_admin or not cache.available:
-        return MISS_UNAVAILABLE
-    lookup = await cache.read(viewer.id, key)
+        return viewer, MISS_UNAVAILABLE
     if wants_fresh(request):
         # Answered from the database, and the fresh answer replaces the cached one.
         cache_result("bypass")
-        return Lookup(value=None, version=lookup.version)
+        return viewer, Lookup(value=None, version=lookup.version)
     cache_result("hit" if lookup.value is not None else "miss")
-    return lookup
+    return viewer, lookup
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an item")
@@ -54,8 +66,9 @@ async def create_item(
 )
 async def list_items(
     request: Request,
-    viewer: CurrentPrincipal,
+    claims: AccessClaimsDep,
     session: SessionDep,
+    auth_cache: AuthCacheDep,
     cache: ItemCacheDep,
     page: Annotated[PageParams, Depends(page_params)],
     item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
@@ -75,7 +88,7 @@ async def list_items(
     # Everything that changes the answer, and nothing else (the viewer is the key's scope).
     query = f"{item_status}|{priority}|{q}|{owner_id}|{sort.value}|{page.limit}|{page.offset}"
     key = "list:" + hashlib.sha256(query.encode()).hexdigest()[:32]
-    lookup = await _lookup(request, cache, viewer, key)
+    viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
     if lookup.value is not None:
         return json_with_etag(request, lookup.value)
     items, total = await service.list_items(
@@ -100,12 +113,13 @@ async def list_items(
 async def get_item(
     request: Request,
     item_id: ItemId,
-    viewer: CurrentPrincipal,
+    claims: AccessClaimsDep,
     session: SessionDep,
+    auth_cache: AuthCacheDep,
     cache: ItemCacheDep,
 ) -> Response:
     key = f"item:{item_id}"
-    lookup = await _lookup(request, cache, viewer, key)
+    viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
     if lookup.value is not None:
         return json_with_etag(request, lookup.value)
     item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)

@@ -65,9 +65,20 @@ def _redact_text(text: str) -> str:
 
 
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Masks values whose key names a secret, and passwords inside URLs, at any depth."""
+    """Masks values whose key names a secret, and passwords inside URLs, at any depth.
+
+    It runs on every line, the access line included, so plain values take a fast path."""
     for key, value in event_dict.items():
-        if isinstance(value, str | Mapping | list | tuple) or key.lower() in SENSITIVE_KEYS:
+        kind = type(value)
+        if kind is int or kind is float or value is None:
+            if key.lower() in SENSITIVE_KEYS:
+                event_dict[key] = REDACTED
+        elif kind is str:
+            if key.lower() in SENSITIVE_KEYS:
+                event_dict[key] = REDACTED
+            elif "://" in value or "earer" in value:
+                event_dict[key] = _redact_text(value)
+        else:
             event_dict[key] = _redact_value(key, value)
     return event_dict
 
@@ -199,12 +210,13 @@ def stdlib_logging_config(
         },
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
-            # Their records reach the root handler; no handlers of their own (no duplicates).
+            # Their own handler, not propagating: gunicorn's uvicorn worker copies the handlers
+            # of gunicorn.error onto uvicorn.error and stops its propagation.
             "uvicorn": {"handlers": [], "propagate": True},
-            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": ["default"], "propagate": False},
             # The canonical access line is ours; uvicorn's own would be a second line.
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
-            "gunicorn.error": {"handlers": [], "propagate": True},
+            "gunicorn.error": {"handlers": ["default"], "propagate": False},
             "gunicorn.access": {"handlers": [], "propagate": False},
             "sqlalchemy.engine": {"level": "WARNING"},
             # Alembic announces each plugin it loads at INFO; migrations still log at INFO.

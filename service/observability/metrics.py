@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summ
 # A few ms (cached reads) up to 10 s (the slowest request we do not time out first).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-# --- HTTP (recorded by prometheus-fastapi-instrumentator, see http_metrics.py) ---------------
+# --- HTTP (recorded by request_context.py through http_metrics.py) ----------------------------
 HTTP_REQUESTS = Counter(
     "http_requests_total",
     "HTTP requests by route template, method and status class.",
@@ -33,8 +33,8 @@ HTTP_RESPONSE_SIZE = Summary(
 )
 HTTP_IN_PROGRESS = Gauge(
     "http_requests_inprogress",
-    "Requests being served right now.",
-    ["method", "handler"],
+    "Requests being served right now (by method: the route is known only once matched).",
+    ["method"],
     multiprocess_mode="livesum",
 )
 

@@ -1,7 +1,10 @@
-"""One pure ASGI middleware for what every request needs: its ID, its log context, its one
-canonical access line, and the last-resort 500.
+"""One pure ASGI middleware for what every request needs: its ID, its log context, its HTTP
+metrics, its one canonical access line, and the last-resort 500.
 
-Doing these in one layer (instead of three) keeps the per-request cost to one ``send`` wrapper.
+Doing these in one layer (instead of four) keeps the per-request cost to one ``send`` wrapper,
+and the route template is read once, after routing, from what FastAPI matched. (The
+prometheus-fastapi-instrumentator middleware this replaces matched every route again before
+each request and cost 37 us a request against 8 us here: see the README's benchmark section.)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InternalError, raw_problem
+from service.observability.http_metrics import HttpMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
 # An inbound ID is accepted only if it is short and harmless: it lands in logs and headers.
@@ -72,10 +76,18 @@ class RouteTemplates:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, routes: RouteTemplates, access_log_enabled: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: RouteTemplates,
+        access_log_enabled: bool,
+        http_metrics: HttpMetrics | None,
+    ) -> None:
         self.app = app
         self.routes = routes
         self.access_log_enabled = access_log_enabled
+        self.http_metrics = http_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,10 +95,12 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         inbound = None
+        request_bytes = 0
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 inbound = value.decode("latin-1")
-                break
+            elif name == b"content-length" and value.isdigit():
+                request_bytes = int(value)
         request_id = accepted_request_id(inbound)
         scope.setdefault("state", {})["request_id"] = request_id
         span = trace.get_current_span()
@@ -96,6 +110,10 @@ class RequestContextMiddleware:
 
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        probe = _is_probe(scope["path"])
+        measured = self.http_metrics is not None and not probe
+        if measured:
+            self.http_metrics.started(scope["method"])  # type: ignore[union-attr]
         status = 500
         response_bytes = 0
         response_started = False
@@ -131,8 +149,17 @@ class RequestContextMiddleware:
                 raise
             await _send_internal_error(scope, send_with_request_id, request_id)
         finally:
-            if self.access_log_enabled and (status >= 400 or not _is_probe(scope["path"])):
-                route = self.routes.template(scope.get("route"))
+            route = self.routes.template(scope.get("route"))
+            if measured:
+                self.http_metrics.finished(  # type: ignore[union-attr]
+                    method=scope["method"],
+                    route=route,
+                    status=status,
+                    seconds=time.perf_counter() - started,
+                    request_bytes=request_bytes,
+                    response_bytes=response_bytes,
+                )
+            if self.access_log_enabled and (status >= 400 or not probe):
                 _log_access(scope, route, status, response_bytes, started)
             structlog.contextvars.clear_contextvars()
 

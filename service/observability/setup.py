@@ -19,7 +19,7 @@ from service import __version__
 from service.cache.setup import Caches
 from service.cache.store import RedisStore
 from service.observability import metrics, tracing
-from service.observability.http_metrics import instrument_http
+from service.observability.http_metrics import HttpMetrics
 from service.observability.logging import configure_logging
 from service.observability.request_context import RequestContextMiddleware, RouteTemplates
 from service.settings import Environment, Settings
@@ -35,16 +35,11 @@ def configure_process_logging(settings: Settings) -> None:
         configure_logging(json=settings.json_logs, level=settings.observability.log_level)
 
 
-def install_inner_middleware(app: FastAPI, settings: Settings) -> None:
-    """HTTP metrics: inside the request context, so they see the status of every response."""
-    if settings.observability.metrics:
-        metrics.initialize_series(version=__version__, build=BUILD)
-        instrument_http(app)
-
-
 def create_tracer_provider(
     settings: Settings, *, span_exporter: SpanExporter | None
 ) -> TracerProvider | None:
+    if not settings.observability.enabled:
+        return None
     return tracing.create_tracer_provider(settings, exporter=span_exporter)
 
 
@@ -53,10 +48,17 @@ def install_outer_middleware(
 ) -> None:
     """Request IDs and access logs, and outside them the tracing middleware, so the access
     line and the request ID land inside the request's span."""
+    if not settings.observability.enabled:
+        return
+    http_metrics = None
+    if settings.observability.metrics:
+        metrics.initialize_series(version=__version__, build=BUILD)
+        http_metrics = HttpMetrics()
     app.add_middleware(
         RequestContextMiddleware,
         routes=RouteTemplates(app),
         access_log_enabled=settings.observability.access_log,
+        http_metrics=http_metrics,
     )
     if settings.observability.metrics_on_api:
         registry_dir = settings.prometheus_multiproc_dir
@@ -75,7 +77,8 @@ def observe_engine(
 ) -> None:
     if provider is not None:
         tracing.instrument_engine(engine, provider)
-    if settings.observability.metrics and not settings.database.is_sqlite:
+    observed = settings.observability.enabled and settings.observability.metrics
+    if observed and not settings.database.is_sqlite:
         _track_pool(engine, settings)
 
 

@@ -1,0 +1,367 @@
+"""What observability costs, measured side by side in one run.
+
+Starts the service four times under gunicorn (one worker each, PostgreSQL + Redis): with
+observability off, fully on exporting traces to a local OTLP sink at 100% and at 10% sampling,
+and a bare FastAPI app as the ceiling. Then, round after round, alternating the variants
+(A B C, C B A, ...), it drives each endpoint with wrk and keeps the median of the rounds:
+
+  a  cached item read      GET /api/v1/items/{id}
+  b  uncached item read    the same with Cache-Control: no-cache (PostgreSQL)
+  c  item create           POST /api/v1/items
+  d  trivial endpoint      GET /api/v1/info
+
+It prints a table of ratios and writes the numbers to JSON. A benchmark, not a test: it
+checks nothing, it measures. Run it with `make bench` (see the README for the latest table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import REDIS_URL  # noqa: E402 (after the path is set)
+from tests.processes import (  # noqa: E402
+    Gunicorn,
+    migrated_postgres_database,
+    running_gunicorn,
+    running_otlp_sink,
+)
+
+WRK_SCRIPT = REPO / "bench" / "wrk" / "request.lua"
+VARIANTS = ("off", "on-100%", "on-10%")
+ENDPOINTS = {
+    "a": "cached item read",
+    "b": "uncached item read",
+    "c": "item create",
+    "d": "trivial endpoint",
+}
+
+
+@dataclass
+class Target:
+    name: str
+    server: Gunicorn
+    token: str = ""
+    item_id: int = 0
+    startup_seconds: float = 0.0
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Results:
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def add(self, key: str, sample: Sample) -> None:
+        self.samples.setdefault(key, []).append(sample)
+
+    def median(self, key: str) -> Sample:
+        runs = self.samples[key]
+        return Sample(
+            rps=statistics.median(s.rps for s in runs),
+            p50_ms=statistics.median(s.p50_ms for s in runs),
+            p99_ms=statistics.median(s.p99_ms for s in runs),
+            errors=sum(s.errors for s in runs),
+        )
+
+
+def wrk(
+    url: str,
+    *,
+    seconds: float,
+    connections: int,
+    method: str = "GET",
+    token: str = "",
+    body: str = "",
+    no_cache: bool = False,
+    delay_ms: float = 0,
+) -> Sample:
+    env = {**os.environ, "BENCH_METHOD": method, "BENCH_PATH": httpx.URL(url).raw_path.decode()}
+    if token:
+        env["BENCH_TOKEN"] = token
+    if body:
+        env["BENCH_BODY"] = body
+    if no_cache:
+        env["BENCH_NO_CACHE"] = "1"
+    if delay_ms:
+        env["BENCH_DELAY_MS"] = str(delay_ms)
+    origin = f"{httpx.URL(url).scheme}://{httpx.URL(url).netloc.decode()}"
+    output = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(int(seconds), 1)}s",
+            "--latency",
+            "-s",
+            str(WRK_SCRIPT),
+            origin,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    line = next(line for line in output.splitlines() if line.startswith('{"requests"'))
+    data = json.loads(line)
+    return Sample(
+        rps=data["requests"] / data["seconds"],
+        p50_ms=data["p50_ms"],
+        p99_ms=data["p99_ms"],
+        errors=data["errors"],
+    )
+
+
+def prepare(target: Target) -> None:
+    base = target.server.url
+    email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+    credentials = {"email": email, "password": "benchmark-password"}
+    httpx.post(f"{base}/api/v1/auth/register", json=credentials).raise_for_status()
+    tokens = httpx.post(
+        f"{base}/api/v1/auth/token", data={"username": email, "password": credentials["password"]}
+    ).json()
+    target.token = tokens["access_token"]
+    headers = {"Authorization": f"Bearer {target.token}"}
+    item = httpx.post(f"{base}/api/v1/items", json={"title": "Water the ferns"}, headers=headers)
+    target.item_id = item.json()["id"]
+    httpx.get(f"{base}/api/v1/items/{target.item_id}", headers=headers).raise_for_status()
+
+
+def measure(target: Target, endpoint: str, seconds: float, connections: int) -> Sample:
+    base = target.server.url
+    item_url = f"{base}/api/v1/items/{target.item_id}"
+    if endpoint == "a":
+        return wrk(item_url, seconds=seconds, connections=connections, token=target.token)
+    if endpoint == "b":
+        return wrk(
+            item_url, seconds=seconds, connections=connections, token=target.token, no_cache=True
+        )
+    if endpoint == "c":
+        body = '{"title": "Benchmark item", "priority": 2}'
+        return wrk(
+            f"{base}/api/v1/items",
+            seconds=seconds,
+            connections=connections,
+            method="POST",
+            token=target.token,
+            body=body,
+        )
+    return wrk(f"{base}/api/v1/info", seconds=seconds, connections=connections)
+
+
+def worker_rss_mb(server: Gunicorn) -> float:
+    total = 0.0
+    for pid in server.worker_pids():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total = max(total, int(line.split()[1]) / 1024)
+    return total
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("wrk is missing: apt-get install wrk (needs root)")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    ensure_wrk()
+
+    results = Results()
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="glasshouse-bench-")))
+        database_url = stack.enter_context(migrated_postgres_database())
+        sink = stack.enter_context(running_otlp_sink())
+        common = {
+            "REDIS_URL": REDIS_URL,
+            "GLASSHOUSE_SERVER__WORKERS": "1",
+            # The benchmark's own login must not be throttled, and users stay cached.
+            "GLASSHOUSE_RATE_LIMIT__ENABLED": "false",
+        }
+        variants = {
+            "off": {"GLASSHOUSE_OBSERVABILITY__ENABLED": "false"},
+            "on-100%": {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                "GLASSHOUSE_OBSERVABILITY__TRACE_SAMPLE_RATIO": "1.0",
+            },
+            "on-10%": {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                "GLASSHOUSE_OBSERVABILITY__TRACE_SAMPLE_RATIO": "0.1",
+            },
+        }
+        targets: dict[str, Target] = {}
+        for name, extra in variants.items():
+            started = time.perf_counter()
+            server = stack.enter_context(
+                running_gunicorn(
+                    database_url,
+                    workdir / name,
+                    workers=1,
+                    **common,
+                    **extra,
+                    GLASSHOUSE_CACHE__KEY_PREFIX=f"bench-{uuid.uuid4().hex[:8]}",
+                )
+            )
+            targets[name] = Target(name, server, startup_seconds=time.perf_counter() - started)
+            prepare(targets[name])
+        bare = stack.enter_context(
+            running_gunicorn(
+                database_url,
+                workdir / "bare",
+                workers=1,
+                app="bench.bare_app:app",
+                GLASSHOUSE_OBSERVABILITY__ENABLED="false",
+            )
+        )
+
+        for round_number in range(args.rounds):
+            order = VARIANTS if round_number % 2 == 0 else tuple(reversed(VARIANTS))
+            for endpoint in ENDPOINTS:
+                for name in order:
+                    sample = measure(targets[name], endpoint, args.seconds, args.connections)
+                    results.add(f"{name}/{endpoint}", sample)
+                    print(
+                        f"round {round_number + 1} {name:8} {endpoint}: {sample.rps:8.0f} rps",
+                        file=sys.stderr,
+                    )
+            ceiling = wrk(f"{bare.url}/item", seconds=args.seconds, connections=args.connections)
+            results.add("bare/a", ceiling)
+            print(f"round {round_number + 1} bare     a: {ceiling.rps:8.0f} rps", file=sys.stderr)
+
+        # p99 of the cached read under a steady load at half its peak throughput.
+        production = targets["on-10%"]
+        peak = results.median("on-10%/a").rps
+        steady_connections = 8
+        target_rps = peak / 2
+        steady = wrk(
+            f"{production.server.url}/api/v1/items/{production.item_id}",
+            seconds=max(args.seconds * 2, 10),
+            connections=steady_connections,
+            token=production.token,
+            delay_ms=steady_connections * 1000 / target_rps,
+        )
+        rss = {name: worker_rss_mb(target.server) for name, target in targets.items()}
+        startup = {name: target.startup_seconds for name, target in targets.items()}
+        spans_received = len(sink.snapshot())
+
+    report = build_report(results, steady, target_rps, rss, startup, spans_received, args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(render(report))
+    return 0
+
+
+def build_report(
+    results: Results,
+    steady: Sample,
+    steady_target_rps: float,
+    rss: dict[str, float],
+    startup: dict[str, float],
+    spans_received: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    medians = {key: results.median(key).__dict__ for key in results.samples}
+
+    def rps(key: str) -> float:
+        return float(medians[key]["rps"])
+
+    ratios = {f"on-10% / off ({e})": rps(f"on-10%/{e}") / rps(f"off/{e}") for e in ENDPOINTS} | {
+        f"on-100% / off ({e})": rps(f"on-100%/{e}") / rps(f"off/{e}") for e in ENDPOINTS
+    }
+    ratios["cached read on-10% / bare"] = rps("on-10%/a") / rps("bare/a")
+    ratios["cached read off / bare"] = rps("off/a") / rps("bare/a")
+    ratios["cached / uncached read (on-10%)"] = rps("on-10%/a") / rps("on-10%/b")
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "seconds_per_run": args.seconds,
+            "connections": args.connections,
+            "workers": 1,
+        },
+        "medians": medians,
+        "ratios": {key: round(value, 3) for key, value in ratios.items()},
+        "steady_cached_read": {
+            "target_rps": round(steady_target_rps),
+            "achieved_rps": round(steady.rps),
+            "p50_ms": steady.p50_ms,
+            "p99_ms": steady.p99_ms,
+            "errors": steady.errors,
+        },
+        "worker_rss_mb": {key: round(value, 1) for key, value in rss.items()},
+        "startup_to_ready_seconds": {key: round(value, 2) for key, value in startup.items()},
+        "spans_received_by_sink": spans_received,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    medians = report["medians"]
+    lines = [
+        "",
+        f"{'endpoint':24} {'off':>9} {'on-100%':>9} {'on-10%':>9}   {'100%/off':>8} {'10%/off':>8}"
+        f"   p99 ms (off/100%/10%)",
+    ]
+    for endpoint, label in ENDPOINTS.items():
+        values = [medians[f"{v}/{endpoint}"] for v in VARIANTS]
+        lines.append(
+            f"{endpoint} {label:22} "
+            + " ".join(f"{v['rps']:9.0f}" for v in values)
+            + f"   {values[1]['rps'] / values[0]['rps']:8.2f}"
+            + f" {values[2]['rps'] / values[0]['rps']:8.2f}"
+            + "   "
+            + "/".join(f"{v['p99_ms']:.1f}" for v in values)
+        )
+    lines.append(f"bare FastAPI ceiling     {medians['bare/a']['rps']:9.0f} rps")
+    lines.append("")
+    for key, value in report["ratios"].items():
+        lines.append(f"{key:36} {value:6.2f}")
+    steady = report["steady_cached_read"]
+    lines.append(
+        f"steady cached read at {steady['achieved_rps']} rps (50% of peak): "
+        f"p50 {steady['p50_ms']:.1f} ms, p99 {steady['p99_ms']:.1f} ms"
+    )
+    lines.append(f"worker RSS MB: {report['worker_rss_mb']}")
+    lines.append(f"start to ready s: {report['startup_to_ready_seconds']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
