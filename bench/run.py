@@ -197,6 +197,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--steady-seconds", type=int, default=10)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     ensure_wrk()
@@ -269,7 +270,7 @@ def main() -> int:
         target_rps = peak / 2
         steady = wrk(
             f"{production.server.url}/api/v1/items/{production.item_id}",
-            seconds=max(args.seconds * 2, 10),
+            seconds=args.steady_seconds,
             connections=steady_connections,
             token=production.token,
             delay_ms=steady_connections * 1000 / target_rps,

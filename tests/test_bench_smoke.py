@@ -1,0 +1,44 @@
+"""The benchmark command works from a clean checkout. Its numbers are not judged here: a
+benchmark measures, a test checks; this only checks that it runs and reports every figure."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.processes import REPO, base_env
+
+
+def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    result_file = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "bench/run.py",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--steady-seconds",
+            "1",
+            "--json",
+            str(result_file),
+        ],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "cached read on-10% / bare" in completed.stdout
+    report = json.loads(result_file.read_text())
+    for variant in ("off", "on-100%", "on-10%"):
+        for endpoint in "abcd":
+            sample = report["medians"][f"{variant}/{endpoint}"]
+            assert sample["rps"] > 0
+            assert sample["errors"] == 0, (variant, endpoint, sample)
+    assert report["medians"]["bare/a"]["rps"] > 0
+    assert report["spans_received_by_sink"] > 0  # the "on" variants really exported traces
+    assert set(report["worker_rss_mb"]) == {"off", "on-100%", "on-10%"}
