@@ -32,8 +32,8 @@ error_log = structlog.get_logger("glasshouse.error")
 
 
 def _is_probe(path: str) -> bool:
-    """Kubelet probes and Prometheus scrapes: logged only when they fail, or they would be
-    most of the log volume."""
+    """Kubelet probes and Prometheus scrapes: not counted, and logged only when they fail,
+    or they would be most of the metrics and logs."""
     return path.startswith("/health") or path == "/metrics"
 
 

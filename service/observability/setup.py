@@ -54,9 +54,10 @@ def install_outer_middleware(
     if settings.observability.metrics:
         metrics.initialize_series(version=__version__, build=BUILD)
         http_metrics = HttpMetrics()
+    routes = RouteTemplates(app)
     app.add_middleware(
         RequestContextMiddleware,
-        routes=RouteTemplates(app),
+        routes=routes,
         access_log_enabled=settings.observability.access_log,
         http_metrics=http_metrics,
     )
@@ -69,7 +70,9 @@ def install_outer_middleware(
 
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     if provider is not None:
-        tracing.instrument_app(app, provider)
+        app.add_middleware(
+            tracing.TracingMiddleware, tracer=tracing.tracer_for_requests(provider), routes=routes
+        )
 
 
 def observe_engine(
