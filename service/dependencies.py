@@ -1,7 +1,9 @@
 """Dependencies every domain uses: the request's DB session and the lifespan state.
 
 Every dependency is ``async def``, even the trivial ones: FastAPI runs a plain ``def``
-dependency in a worker thread, and that hop cost more than the rest of a cached read.
+dependency in a worker thread, and that hop cost more than the rest of a cached read. And each
+reads the state from the request itself rather than through a shared state dependency: FastAPI
+walks every node of the dependency tree again on each request.
 """
 
 from collections.abc import AsyncIterator
@@ -18,15 +20,19 @@ from service.lifespan import AppState
 from service.settings import Settings
 
 
-async def get_state(request: Request) -> AppState:
+def state_of(request: Request) -> AppState:
     return cast(AppState, request.scope["state"])
+
+
+async def get_state(request: Request) -> AppState:
+    return state_of(request)
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
-    session = state["sessionmaker"]()
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    session = state_of(request)["sessionmaker"]()
     try:
         yield session
     finally:
@@ -36,32 +42,32 @@ async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
             await session.close()
 
 
-async def get_settings_from_state(state: StateDep) -> Settings:
-    return state["settings"]
+async def get_settings_from_state(request: Request) -> Settings:
+    return state_of(request)["settings"]
 
 
-async def get_passwords(state: StateDep) -> PasswordHasher:
-    return state["passwords"]
+async def get_passwords(request: Request) -> PasswordHasher:
+    return state_of(request)["passwords"]
 
 
-async def get_access_tokens(state: StateDep) -> AccessTokenCodec:
-    return state["access_tokens"]
+async def get_access_tokens(request: Request) -> AccessTokenCodec:
+    return state_of(request)["access_tokens"]
 
 
-async def get_login_limiter(state: StateDep) -> LoginRateLimiter:
-    return state["login_limiter"]
+async def get_login_limiter(request: Request) -> LoginRateLimiter:
+    return state_of(request)["login_limiter"]
 
 
-async def get_caches(state: StateDep) -> Caches:
-    return state["caches"]
+async def get_caches(request: Request) -> Caches:
+    return state_of(request)["caches"]
 
 
-async def get_auth_cache(state: StateDep) -> UserScopedCache:
-    return state["caches"].auth
+async def get_auth_cache(request: Request) -> UserScopedCache:
+    return state_of(request)["caches"].auth
 
 
-async def get_item_cache(state: StateDep) -> UserScopedCache:
-    return state["caches"].items
+async def get_item_cache(request: Request) -> UserScopedCache:
+    return state_of(request)["caches"].items
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
