@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test lint format typecheck check migrate
+.PHONY: help uv install tools run test lint format typecheck check migrate bench
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,3 +39,6 @@ check: lint typecheck test  ## Everything CI runs
 
 migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
 	$(RUN) alembic upgrade head
+
+bench: install tools  ## Measure what observability costs (about 5 minutes; writes bench/results/latest.json)
+	$(RUN) python bench/run.py

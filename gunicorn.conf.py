@@ -37,6 +37,9 @@ threads = _server.threads
 timeout = _server.timeout_seconds
 graceful_timeout = _server.graceful_timeout_seconds
 keepalive = _server.keepalive_seconds
+# Whose X-Forwarded-For to believe: the ingress or load balancer in front of the pods. Client
+# addresses feed the login rate limit, so this must name the proxies, not everyone.
+forwarded_allow_ips = _server.forwarded_allow_ips
 max_requests = _server.max_requests
 max_requests_jitter = _server.max_requests_jitter
 # The runtime control socket would land in ~/.gunicorn; the service does not use it.
@@ -62,15 +65,14 @@ def when_ready(server: object) -> None:
     port = _settings.observability.metrics_port
     if not port or not _settings.observability.metrics:
         return
-    from prometheus_client import start_http_server
+    # Not service.observability.metrics: importing it would declare every metric in the master
+    # too, and the master's own (never updated) glasshouse_cache_available of 0 would win the
+    # "livemin" aggregation, reading 0 while Redis answers.
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-    from service.observability.metrics import exposition_registry
-
-    start_http_server(
-        port,
-        addr=_settings.observability.metrics_host,
-        registry=exposition_registry(str(_metrics_dir)),
-    )
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(_metrics_dir))
+    start_http_server(port, addr=_settings.observability.metrics_host, registry=registry)
 
 
 def child_exit(server: object, worker: object) -> None:

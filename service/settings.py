@@ -176,6 +176,13 @@ class ServerSettings(BaseModel):
     max_requests_jitter: Annotated[
         int, Field(ge=0, description="Random extra requests, so workers do not recycle at once.")
     ] = 1_000
+    forwarded_allow_ips: Annotated[
+        str,
+        Field(
+            description="Proxies whose X-Forwarded-For is trusted (comma list, or * when only "
+            "the ingress can reach the pods); client addresses feed the login rate limit."
+        ),
+    ] = "127.0.0.1,::1"
     drain_seconds: Annotated[
         float,
         Field(

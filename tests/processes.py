@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,6 +186,17 @@ class Gunicorn:
             return httpx.get(f"{self.url}/health/live", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
+
+    def new_account_headers(self) -> dict[str, str]:
+        """Registers a fresh user and logs in: the Authorization header to use."""
+        email = f"e2e-{uuid.uuid4().hex[:8]}@example.com"
+        credentials = {"email": email, "password": "end-to-end-pw"}
+        assert httpx.post(f"{self.url}/api/v1/auth/register", json=credentials).status_code == 201
+        tokens = httpx.post(
+            f"{self.url}/api/v1/auth/token",
+            data={"username": email, "password": credentials["password"]},
+        ).json()
+        return {"Authorization": f"Bearer {tokens['access_token']}"}
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -49,17 +49,6 @@ def service(database_url: str, sink: OtlpSink, tmp_path: Path) -> Iterator[Gunic
         yield server
 
 
-def bearer(service: Gunicorn) -> dict[str, str]:
-    email = f"e2e-{uuid.uuid4().hex[:8]}@example.com"
-    credentials = {"email": email, "password": "end-to-end-pw"}
-    assert httpx.post(f"{service.url}/api/v1/auth/register", json=credentials).status_code == 201
-    tokens = httpx.post(
-        f"{service.url}/api/v1/auth/token",
-        data={"username": email, "password": credentials["password"]},
-    ).json()
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
 def metric(text: str, key: str) -> float:
     for line in text.splitlines():
         if line.startswith(key + " "):
@@ -77,7 +66,7 @@ def send_requests(service: Gunicorn, headers: dict[str, str], count: int) -> lis
 
 
 def test_metrics_are_whole_whichever_worker_answers(service: Gunicorn) -> None:
-    headers = bearer(service)
+    headers = service.new_account_headers()
     responses = send_requests(service, headers, REQUESTS)
     assert all(response.status_code == 200 for response in responses)
     assert all(re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]) for r in responses)
@@ -99,7 +88,7 @@ def test_scans_of_unknown_paths_add_no_series(service: Gunicorn) -> None:
 
 
 def test_killed_worker_is_replaced_and_counters_never_go_back(service: Gunicorn) -> None:
-    headers = bearer(service)
+    headers = service.new_account_headers()
     send_requests(service, headers, 10)
     workers = service.worker_pids()
     before = metric(httpx.get(service.metrics_url).text, ITEMS_KEY)
@@ -126,7 +115,7 @@ def test_killed_worker_is_replaced_and_counters_never_go_back(service: Gunicorn)
 def test_sigterm_flushes_every_span_and_logs_name_their_trace(
     service: Gunicorn, sink: OtlpSink
 ) -> None:
-    headers = bearer(service)
+    headers = service.new_account_headers()
     responses = send_requests(service, headers, REQUESTS)
     request_ids = {response.headers["x-request-id"] for response in responses}
     trace_ids = {response.headers["traceresponse"].split("-")[1] for response in responses}
@@ -174,7 +163,7 @@ def test_sigterm_does_not_hang_when_the_collector_is_down(
         GLASSHOUSE_OBSERVABILITY__TRACE_SHUTDOWN_TIMEOUT_SECONDS="2",
         GLASSHOUSE_SERVER__DRAIN_SECONDS="0",
     ) as service:
-        headers = bearer(service)
+        headers = service.new_account_headers()
         assert all(r.status_code == 200 for r in send_requests(service, headers, 20))
         started = time.monotonic()
         assert service.stop(signal.SIGTERM) == 0

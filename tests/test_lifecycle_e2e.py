@@ -27,17 +27,6 @@ def redis_settings() -> dict[str, str]:
     return {"REDIS_URL": REDIS_URL, "GLASSHOUSE_CACHE__KEY_PREFIX": f"gh-e2e-{uuid.uuid4().hex}"}
 
 
-def account_headers(service: Gunicorn) -> dict[str, str]:
-    email = f"e2e-{uuid.uuid4().hex[:8]}@example.com"
-    credentials = {"email": email, "password": "end-to-end-pw"}
-    assert httpx.post(f"{service.url}/api/v1/auth/register", json=credentials).status_code == 201
-    tokens = httpx.post(
-        f"{service.url}/api/v1/auth/token",
-        data={"username": email, "password": credentials["password"]},
-    ).json()
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
 def read_everywhere(service: Gunicorn, path: str, headers: dict[str, str]) -> list[httpx.Response]:
     """New connections each time, so both workers answer some of the reads."""
     return [httpx.get(f"{service.url}{path}", headers=headers) for _ in range(READS_PER_CHECK)]
@@ -45,7 +34,7 @@ def read_everywhere(service: Gunicorn, path: str, headers: dict[str, str]) -> li
 
 def test_writes_invalidate_on_every_worker(database_url: str, tmp_path: Path) -> None:
     with running_gunicorn(database_url, tmp_path, **redis_settings()) as service:
-        headers = account_headers(service)
+        headers = service.new_account_headers()
         items = f"{service.url}/api/v1/items"
         item = httpx.post(items, json={"title": "v1"}, headers=headers).json()
         detail = f"/api/v1/items/{item['id']}"

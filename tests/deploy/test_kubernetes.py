@@ -1,0 +1,465 @@
+"""The Kubernetes manifests: kustomize builds them, strict schemas accept them, and what they
+say agrees with the code: probe paths are routes, ports are where gunicorn binds, every
+variable is a real setting, the grace period covers the drain."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.settings import HttpSettings, ObservabilitySettings
+from tests.conftest import make_settings
+from tests.deploy.support import (
+    ALL_INTERFACES,
+    CUSTOM_KINDS,
+    DASHBOARDS,
+    KUBERNETES_VALIDATE,
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    REPO,
+    TMP,
+    built_objects,
+    config_map_data,
+    find,
+    kustomize_build_text,
+    rule_groups,
+    setting_names,
+    yaml_documents,
+)
+from tests.tools import run_tool
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
+SECRET_TEMPLATE = REPO / "deploy" / "k8s" / "secret.example.yaml"
+PROBES = {"startupProbe": "/health/startup", "readinessProbe": "/health/ready"}
+PROBES["livenessProbe"] = "/health/live"
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"])
+        for obj in objects
+        if obj["kind"] in WORKLOAD_KINDS
+    ]
+
+
+def glasshouse_containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Containers running the service's image (the API and the migration Job)."""
+    deployment_image = api_container(objects)["image"]
+    return [
+        container
+        for _, spec in pod_specs(objects)
+        for container in spec["containers"]
+        if container["image"] == deployment_image
+    ]
+
+
+def api_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = find(objects, "Deployment", "glasshouse")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def effective_settings_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The service's environment in this overlay: ConfigMap, then a Secret with test values."""
+    env = config_map_data(objects, "glasshouse-config")
+    env.update(
+        DATABASE_URL="postgresql://glasshouse:pw@postgres:5432/glasshouse",
+        REDIS_URL="redis://redis:6379/0",
+        GLASSHOUSE_AUTH__JWT_SECRET="k8s-manifest-test-secret-" + "x" * 40,
+    )
+    return env
+
+
+@pytest.fixture(scope="module", params=list(OVERLAYS))
+def overlay(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="module")
+def objects(overlay: str) -> list[dict[str, Any]]:
+    return built_objects(overlay)
+
+
+def test_kustomize_builds_every_overlay(objects: list[dict[str, Any]], overlay: str) -> None:
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Deployment", "Service", "ServiceAccount", "ConfigMap", "Job"} <= kinds
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    expected_namespace = {"base": "glasshouse", "dev": "glasshouse-dev", "prod": "glasshouse"}
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == expected_namespace[overlay], obj["metadata"]
+    if overlay == "prod":
+        assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+    if overlay == "dev":
+        assert {"postgres", "redis"} <= {
+            obj["metadata"]["name"] for obj in objects if obj["kind"] == "Deployment"
+        }
+
+
+def _validate(paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    return run_tool(
+        KUBERNETES_VALIDATE,
+        "kubernetes-validate",
+        "--strict",
+        "--kubernetes-version",
+        KUBERNETES_VERSION,
+        *map(str, paths),
+        timeout=300,
+    )
+
+
+def test_every_object_passes_strict_kubernetes_schemas(tmp_path: Path) -> None:
+    """All overlays in one run; the Prometheus Operator's custom resources are left out on
+    purpose (no schema in kubernetes-validate) and checked by the tests below."""
+    paths = []
+    for name in OVERLAYS:
+        standard = [obj for obj in built_objects(name) if obj["kind"] not in CUSTOM_KINDS]
+        path = tmp_path / f"{name}.json"
+        # One JSON document per line is YAML too.
+        path.write_text("\n---\n".join(json.dumps(obj) for obj in standard) + "\n")
+        paths.append(path)
+    result = _validate(paths)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Couldn't find schema" not in output, output
+    validated = len(re.findall(r"passed for resource", output))
+    expected = sum(
+        1 for name in OVERLAYS for obj in built_objects(name) if obj["kind"] not in CUSTOM_KINDS
+    )
+    assert validated == expected, output
+
+
+def test_strict_schema_validation_catches_a_misspelled_field(tmp_path: Path) -> None:
+    """The validator really is strict: a typo a human would make is refused."""
+    deployment = copy.deepcopy(find(built_objects("base"), "Deployment", "glasshouse"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(deployment))
+    result = _validate([path])
+    assert result.returncode != 0, result.stdout + result.stderr
+
+
+def test_service_monitor_selects_the_metrics_port_of_the_service() -> None:
+    objects = built_objects("prod")
+    monitor = find(objects, "ServiceMonitor")
+    service = find(objects, "Service", "glasshouse")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = monitor["spec"]
+    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+    labels = service["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    port_names = {port["name"] for port in service["spec"]["ports"]}
+    endpoint_keys = {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings"}
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= endpoint_keys, endpoint
+        assert endpoint["port"] in port_names
+        assert endpoint.get("path", "/metrics") == "/metrics"
+        for key in ("interval", "scrapeTimeout"):
+            assert re.fullmatch(r"[0-9]+(ms|s|m|h)", endpoint[key]), endpoint
+    # The Service's name becomes the job label the alerts and dashboards select on.
+    assert service["metadata"]["name"] == "glasshouse"
+    assert "jobLabel" not in spec
+
+
+def test_prometheus_rule_is_rules_yml() -> None:
+    """One source for the alerts: the PrometheusRule carries exactly the groups of rules.yml,
+    and the generator says it is current."""
+    rule = find(built_objects("prod"), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    assert rule["spec"] == {"groups": rule_groups()}
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"}
+        for item in group["rules"]:
+            assert ("record" in item) != ("alert" in item), item
+            assert set(item) <= {"record", "alert", "expr", "for", "labels", "annotations"}
+            assert isinstance(item["expr"], str)
+            for key in ("labels", "annotations"):
+                assert all(isinstance(v, str) for v in item.get(key, {}).values()), item
+    check = subprocess.run(
+        [sys.executable, "deploy/prometheus/render_prometheusrule.py", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_dashboards_are_config_maps_for_the_grafana_sidecar() -> None:
+    objects = built_objects("prod")
+    dashboards = {
+        key: value
+        for obj in objects
+        if obj["kind"] == "ConfigMap" and obj["metadata"].get("labels", {}).get("grafana_dashboard")
+        for key, value in obj["data"].items()
+    }
+    for obj in objects:
+        if obj["kind"] == "ConfigMap" and "grafana_dashboard" in obj["metadata"].get("labels", {}):
+            assert obj["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards == {path.name: path.read_text() for path in DASHBOARDS}
+
+
+def test_probes_are_routes_of_the_app_on_the_http_port(objects: list[dict[str, Any]]) -> None:
+    paths = create_app_openapi_paths()
+    container = api_container(objects)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    for probe, expected in PROBES.items():
+        http_get = container[probe]["httpGet"]
+        assert http_get["path"] == expected
+        assert "get" in paths[http_get["path"]], f"{probe}: no GET {http_get['path']}"
+        assert http_get["port"] == "http"
+    env = effective_settings_env(objects)
+    assert ports["http"] == int(env.get("GLASSHOUSE_HTTP__PORT", HttpSettings().port))
+    assert ports["metrics"] == int(
+        env.get("GLASSHOUSE_OBSERVABILITY__METRICS_PORT", ObservabilitySettings().metrics_port)
+    )
+
+
+def create_app_openapi_paths() -> dict[str, Any]:
+    from service.main import create_app
+
+    app = create_app(make_settings("sqlite+aiosqlite:///:memory:"))
+    paths: dict[str, Any] = app.openapi()["paths"]
+    return paths
+
+
+def test_gunicorn_binds_where_the_manifests_point(objects: list[dict[str, Any]]) -> None:
+    """gunicorn.conf.py itself, read with the overlay's environment: the bind and the metrics
+    listener are the container ports, on every interface; the settings validate."""
+    env = {**_plain_env(), **effective_settings_env(objects)}
+    probe = (
+        "import json, runpy\n"
+        "conf = runpy.run_path('gunicorn.conf.py')\n"
+        "s = conf['_settings']\n"
+        "print(json.dumps({'bind': conf['bind'], 'workers': conf['workers'],\n"
+        "  'graceful_timeout': conf['graceful_timeout'],\n"
+        "  'metrics': [s.observability.metrics_host, s.observability.metrics_port],\n"
+        "  'metrics_dir': s.observability.metrics_dir, 'drain': s.server.drain_seconds}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout.strip().splitlines()[-1])
+    container = api_container(objects)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert conf["bind"] == [f"{ALL_INTERFACES}:{ports['http']}"]
+    assert conf["metrics"] == [ALL_INTERFACES, ports["metrics"]]
+    # The multiprocess directory sits inside a writable volume, strictly below its mount
+    # point: gunicorn deletes and re-creates the directory at start.
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    metrics_dir = Path(conf["metrics_dir"])
+    assert any(Path(mount) in metrics_dir.parents for mount in mounts), (metrics_dir, mounts)
+    # The pod outlives the drain and the graceful timeout, with margin.
+    grace = find(objects, "Deployment", "glasshouse")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
+    assert conf["drain"] < conf["graceful_timeout"]
+    assert grace >= conf["graceful_timeout"] + 10, (grace, conf)
+    assert grace >= conf["drain"] + conf["graceful_timeout"], (grace, conf)
+
+
+def _plain_env() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("GLASSHOUSE_", "OTEL_", "PROMETHEUS_"))
+        and name not in {"DATABASE_URL", "REDIS_URL", "POD_NAME", "POD_NAMESPACE"}
+    }
+
+
+def test_every_variable_is_a_real_setting(objects: list[dict[str, Any]], overlay: str) -> None:
+    valid = setting_names()
+    names: set[str] = set(config_map_data(objects, "glasshouse-config"))
+    for container in glasshouse_containers(objects):
+        names |= {variable["name"] for variable in container.get("env", [])}
+        for source in container.get("envFrom", []):
+            assert set(source) <= {"configMapRef", "secretRef"}, source
+    if overlay == "dev":
+        names |= set(config_map_data(objects, "glasshouse-secrets"))
+    assert names - valid == set(), f"not settings of the service: {sorted(names - valid)}"
+
+
+def test_secret_template_has_only_settings_and_no_usable_values() -> None:
+    (secret,) = yaml_documents(SECRET_TEMPLATE.read_text())
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"]["name"] == "glasshouse-secrets"
+    keys = set(secret["stringData"])
+    assert keys == {"DATABASE_URL", "REDIS_URL", "GLASSHOUSE_AUTH__JWT_SECRET"}
+    assert keys <= setting_names()
+    assert all("CHANGE-ME" in value for value in secret["stringData"].values())
+    # The placeholder JWT secret is refused in production, so it cannot be deployed by mistake.
+    env = {**_plain_env(), **secret["stringData"], "GLASSHOUSE_ENVIRONMENT": "production"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from service.settings import Settings; Settings(_env_file=None)"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "GLASSHOUSE_AUTH__JWT_SECRET" in result.stderr
+    # Every overlay's service reads exactly this Secret.
+    for name in OVERLAYS:
+        for container in glasshouse_containers(built_objects(name)):
+            refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+            assert [ref.startswith("glasshouse-secrets") for ref in refs] == [True]
+    # No overlay but dev ships a Secret object.
+    for name in ("base", "prod"):
+        assert not [obj for obj in built_objects(name) if obj["kind"] == "Secret"]
+
+
+def test_downward_api_gives_the_pod_name_and_namespace(objects: list[dict[str, Any]]) -> None:
+    env = {variable["name"]: variable for variable in api_container(objects)["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_every_pod_is_locked_down(objects: list[dict[str, Any]]) -> None:
+    for name, spec in pod_specs(objects):
+        assert spec["automountServiceAccountToken"] is False, name
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in context["capabilities"], name
+            assert context.get("privileged", False) is False, name
+            user = context.get("runAsUser", pod.get("runAsUser"))
+            assert isinstance(user, int), name
+            assert user >= 10000, name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"]["memory"], name
+        # /tmp is a volume wherever the root filesystem is read-only.
+        for container in spec["containers"]:
+            mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+            assert TMP in mounts or container["name"] == "redis", name
+        volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert set(volumes[mount["name"]]) & {"emptyDir", "secret"}, (name, mount)
+
+
+def test_the_migration_job_runs_alembic_with_the_service_image(
+    objects: list[dict[str, Any]],
+) -> None:
+    job = find(objects, "Job", "glasshouse-migrate")
+    deployment = find(objects, "Deployment", "glasshouse")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    api = api_container(objects)
+    assert container["command"] == ["alembic", "upgrade", "head"]
+    assert container["image"] == api["image"]
+    assert container["envFrom"] == api["envFrom"]
+    assert container["securityContext"] == api["securityContext"]
+    job_pod = job["spec"]["template"]["spec"]
+    api_pod = deployment["spec"]["template"]["spec"]
+    assert job_pod["securityContext"] == api_pod["securityContext"]
+    assert job_pod["restartPolicy"] == "Never"
+    # Migration pods are not API pods: no Service, PDB or HPA counts them.
+    job_labels = job["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= job_labels.items()
+
+
+def test_selectors_and_ports_line_up(objects: list[dict[str, Any]]) -> None:
+    deployment = find(objects, "Deployment", "glasshouse")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    container = api_container(objects)
+    port_names = {port["name"] for port in container["ports"]}
+    assert port_names == {"http", "metrics"}
+
+    service = find(objects, "Service", "glasshouse")
+    assert service["spec"]["selector"] == selector
+    service_ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert service_ports["http"]["port"] == 80
+    assert service_ports["http"]["targetPort"] == "http"
+    assert service_ports["metrics"]["targetPort"] == "metrics"
+
+    hpa = find(objects, "HorizontalPodAutoscaler", "glasshouse")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "glasshouse",
+    }
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+    pdb = find(objects, "PodDisruptionBudget", "glasshouse")
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+
+    policy = find(objects, "NetworkPolicy", "glasshouse")
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    ingress_ports = {
+        port["port"] for rule in policy["spec"]["ingress"] for port in rule.get("ports", [])
+    }
+    assert ingress_ports == {"http", "metrics"}
+    metrics_rule = next(
+        rule
+        for rule in policy["spec"]["ingress"]
+        if any(port["port"] == "metrics" for port in rule["ports"])
+    )
+    assert metrics_rule["from"], "metrics must not be open to everyone"
+    egress_ports = {
+        port["port"] for rule in policy["spec"]["egress"] for port in rule.get("ports", [])
+    }
+    assert {53, 5432, 6379, 4318} <= egress_ports
+    # Every workload has a NetworkPolicy selecting it.
+    policies = [obj for obj in objects if obj["kind"] == "NetworkPolicy"]
+    for obj in objects:
+        if obj["kind"] in WORKLOAD_KINDS:
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert any(
+                p["spec"]["podSelector"]["matchLabels"].items() <= labels.items() for p in policies
+            ), obj["metadata"]["name"]
+
+
+def test_prod_samples_traces_as_documented() -> None:
+    config = config_map_data(built_objects("prod"), "glasshouse-config")
+    assert config["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert config["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+    assert config["GLASSHOUSE_ENVIRONMENT"] == "production"
+
+
+def test_namespaces_enforce_the_restricted_pod_security_standard() -> None:
+    for name in ("dev", "prod"):
+        namespace = find(built_objects(name), "Namespace")
+        labels = namespace["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_builds_are_deterministic() -> None:
+    """kustomize's generated names (content hashes) are stable: applying twice changes nothing."""
+    kustomize_build_text.cache_clear()
+    first = kustomize_build_text("prod")
+    kustomize_build_text.cache_clear()
+    assert kustomize_build_text("prod") == first
