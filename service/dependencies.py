@@ -9,6 +9,8 @@ walks every node of the dependency tree again on each request.
 from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
+import sqlalchemy.exc
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +20,8 @@ from service.cache.scoped import UserScopedCache
 from service.cache.setup import Caches
 from service.lifespan import AppState
 from service.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def state_of(request: Request) -> AppState:
@@ -39,7 +43,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         # A session that holds no transaction has no connection to give back: closing it
         # anyway costs a greenlet round trip, on every cached read that never used it.
         if session.in_transaction():
-            await session.close()
+            try:
+                await session.close()
+            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError) as exc:
+                # This runs after the response has started: raising would cut the client's
+                # connection. The work is committed or rolled back; the pool drops the
+                # dead connection.
+                log.warning("session_close_failed", error=type(exc).__name__)
 
 
 async def get_settings_from_state(request: Request) -> Settings:

@@ -11,11 +11,13 @@ from typing import Any, ClassVar
 
 import orjson
 import sqlalchemy.exc
+import sqlalchemy.orm.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://glasshouse.dev/problems/"
@@ -239,14 +241,43 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
     code, title = _HTTP_STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names only the first matching route's methods; a path served by several
+        # routes (GET and PATCH /items/{id} are two) must list them all.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return problem_response(
         request,
         status=exc.status_code,
         code=code,
         title=title,
         detail=detail,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    allowed: set[str] = set()
+    probe = {**request.scope, "method": "__none__"}
+    for matcher, route in _flat_routes(request.app.router.routes):
+        match, _ = matcher.matches(probe)
+        if match is not Match.NONE:
+            allowed |= set(getattr(route, "methods", None) or ())
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return sorted(allowed)
+
+
+def _flat_routes(routes: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """(what matches the full path, the route with its methods), through included routers."""
+    flat: list[tuple[Any, Any]] = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            flat += [(context, context.original_route) for context in contexts()]
+        else:
+            flat.append((route, route))
+    return flat
 
 
 def _is_json_content_type(request: Request) -> bool:
@@ -326,6 +357,9 @@ def _is_asyncpg_connection_error(exc: sqlalchemy.exc.DBAPIError) -> bool:
 
 
 async def _database_error(request: Request, exc: Exception) -> ProblemResponse:
+    if isinstance(exc, sqlalchemy.orm.exc.StaleDataError):
+        # A concurrent request deleted the row between this one's read and its write.
+        return await _app_error(request, NotFoundError())
     if not _is_connection_failure(exc):
         return await _unexpected_error(request, exc)
     log.warning("database_unavailable", error=f"{type(exc).__name__}", path=request.url.path)
@@ -340,3 +374,74 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details: every error the API returns has this shape.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "instance", "code"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "code": {"type": "string", "description": "Stable, machine-readable error code."},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+_DESCRIPTIONS = {
+    "400": "Malformed request (e.g. invalid JSON)",
+    "401": "Missing, invalid or expired token",
+    "403": "Not allowed, or inactive user",
+    "404": "Not found",
+    "409": "Conflict",
+    "413": "Request body too large",
+    "415": "Unsupported media type",
+    "422": "Validation failed",
+    "429": "Too many requests",
+    "500": "Internal error",
+    "503": "Database unavailable (see Retry-After)",
+}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Makes the OpenAPI document tell the truth about errors: every error response is
+    ``application/problem+json`` with the Problem schema, and each operation lists the
+    statuses it can really return (FastAPI only knows its own 422)."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            statuses = {"500"}
+            if path.startswith("/api/"):
+                statuses |= {"422", "503"}
+            if "requestBody" in operation:
+                statuses |= {"400", "413", "415"}
+            if operation.get("security"):
+                statuses |= {"401", "403"}
+            if "{" in path:
+                statuses.add("404")
+            responses = operation.setdefault("responses", {})
+            for status in statuses | {code for code in responses if code[0] in "45"}:
+                response = responses.setdefault(status, {})
+                response.setdefault("description", _DESCRIPTIONS.get(status, "Error"))
+                if status != "503" or path.startswith("/api/"):
+                    response["content"] = problem
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
+    return schema

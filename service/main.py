@@ -1,12 +1,14 @@
 """The app factory: middleware order, routers, error handlers. No logic."""
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from service import __version__
 from service.api import API_PREFIX, API_ROUTERS
-from service.errors import install_error_handlers
+from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
 from service.health.router import router as health_router
 from service.lifespan import make_lifespan
@@ -49,4 +51,16 @@ def create_app(
             expose_headers=["X-Request-ID", "traceresponse"],
         )
     observability.install_outer_middleware(app, settings, tracer_provider)
+    _document_errors_in_openapi(app)
     return app
+
+
+def _document_errors_in_openapi(app: FastAPI) -> None:
+    build_default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build_default())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

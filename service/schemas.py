@@ -1,6 +1,6 @@
 """Schema building blocks shared by every domain: strict input models and pagination."""
 
-from typing import Annotated, ClassVar, Generic, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,10 +11,34 @@ MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and would overflow the dr
 NO_NUL_PATTERN = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
 
 
+def whole_number(value: object) -> object:
+    """Numbers only: 2 and 2.0 are 2; "2", true and 2.5 are refused (lax mode took "2" and
+    true, strict mode refused 2.0, which JSON Schema calls an integer)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+def _not_nullable_in_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The documented schema of a not_nullable field has no ``null``: it may be left out."""
+    for name in getattr(model, "not_nullable", ()):
+        field = schema.get("properties", {}).get(name, {})
+        options = [o for o in field.get("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1 and "anyOf" in field:
+            del field["anyOf"]
+            field.update(options[0])
+
+
 class StrictInput(BaseModel):
     """Request bodies refuse unknown fields: a typo in a field name is a 422, not a no-op."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, json_schema_extra=_not_nullable_in_schema
+    )
 
     # Fields that may be left out of a PATCH but never set to null (their columns are NOT NULL).
     not_nullable: ClassVar[tuple[str, ...]] = ()

@@ -10,6 +10,7 @@ graceful timeout bounds the whole). A second signal stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import sys
 from types import FrameType
@@ -42,12 +43,18 @@ class DrainingServer(Server):
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        self._on_drain()
-        log.info("sigterm_received", drain_seconds=self._drain_seconds)
+        # In a context of its own: the handler runs inside whichever request happens to be
+        # current, and its log lines must not carry that request's ID.
+        contextvars.Context().run(self._announce_drain)
         # Signal handlers may only hand work to the loop, never touch it directly.
         self._loop.call_soon_threadsafe(
             self._loop.call_later, self._drain_seconds, super().handle_exit, sig, frame
         )
+
+    def _announce_drain(self) -> None:
+        structlog.contextvars.clear_contextvars()
+        self._on_drain()
+        log.info("sigterm_received", drain_seconds=self._drain_seconds)
 
 
 class DrainingUvicornWorker(UvicornWorker):

@@ -36,6 +36,7 @@ async def register(data: UserCreate, session: SessionDep, passwords: PasswordsDe
     summary="Log in (OAuth2 password flow): email as username",
     responses={
         401: {"description": "Incorrect email or password"},
+        403: {"description": "The account is inactive"},
         429: {"description": "Too many failed logins (see Retry-After)"},
     },
 )

@@ -2,7 +2,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from service.schemas import StrictInput
+from service.schemas import NO_NUL_PATTERN, StrictInput
 
 
 class TokenPair(BaseModel):
@@ -15,4 +15,4 @@ class TokenPair(BaseModel):
 
 
 class RefreshRequest(StrictInput):
-    refresh_token: Annotated[str, Field(min_length=16, max_length=256)]
+    refresh_token: Annotated[str, Field(min_length=16, max_length=256, pattern=NO_NUL_PATTERN)]

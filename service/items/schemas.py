@@ -2,14 +2,24 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from service.items.models import ItemStatus
-from service.schemas import StrictInput
+from service.schemas import NO_NUL_PATTERN, StrictInput, whole_number
 
-Title = Annotated[str, Field(min_length=1, max_length=200, examples=["Water the ferns"])]
-Description = Annotated[str, Field(max_length=2000, examples=["Twice a week, not on Sundays."])]
-Priority = Annotated[int, Strict(), Field(ge=1, le=5, description="1 (highest) to 5 (lowest).")]
+Title = Annotated[
+    str,
+    Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN, examples=["Water the ferns"]),
+]
+Description = Annotated[
+    str,
+    Field(max_length=2000, pattern=NO_NUL_PATTERN, examples=["Twice a week, not on Sundays."]),
+]
+Priority = Annotated[
+    int,
+    Field(ge=1, le=5, description="1 (highest) to 5 (lowest)."),
+    BeforeValidator(whole_number),
+]
 
 
 class ItemCreate(StrictInput):

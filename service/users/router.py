@@ -46,6 +46,7 @@ async def change_password(
     "/me",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete your account and everything it owns",
+    responses={409: {"description": "The last active admin cannot be removed"}},
 )
 async def delete_me(user: CurrentUser, session: SessionDep, auth_cache: AuthCacheDep) -> None:
     await service.delete_user(session=session, auth_cache=auth_cache, user=user)
@@ -69,7 +70,11 @@ async def get_user(_: AdminPrincipal, user: UserById) -> UserRead:
     return UserRead.model_validate(user)
 
 
-@router.patch("/{user_id}", summary="Change a user's role or status (admin)", responses=_not_found)
+@router.patch(
+    "/{user_id}",
+    summary="Change a user's role or status (admin)",
+    responses={**_not_found, 409: {"description": "The last active admin cannot be removed"}},
+)
 async def update_user(
     data: UserAdminUpdate,
     _: AdminPrincipal,
@@ -87,7 +92,7 @@ async def update_user(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a user (admin)",
-    responses=_not_found,
+    responses={**_not_found, 409: {"description": "The last active admin cannot be removed"}},
 )
 async def delete_user(
     _: AdminPrincipal, user: UserById, session: SessionDep, auth_cache: AuthCacheDep

@@ -1,13 +1,28 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, Strict, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    Strict,
+    StringConstraints,
+    field_validator,
+)
 
-from service.schemas import StrictInput
+from service.schemas import NO_NUL_PATTERN, StrictInput
 from service.users.models import Role
 
-Password = Annotated[str, Field(min_length=8, max_length=128, examples=["correct-horse-42"])]
-FullName = Annotated[str, Field(min_length=1, max_length=200, examples=["Ada Lovelace"])]
+# Never stripped: spaces at either end are part of a password.
+Password = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False),
+    Field(min_length=8, max_length=128, pattern=NO_NUL_PATTERN, examples=["correct-horse-42"]),
+]
+FullName = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN, examples=["Ada Lovelace"])
+]
 
 
 class _NormalizedEmail(StrictInput):
@@ -39,7 +54,11 @@ class UserAdminUpdate(StrictInput):
 
 
 class PasswordChange(StrictInput):
-    current_password: Annotated[str, Field(min_length=1, max_length=128)]
+    current_password: Annotated[
+        str,
+        StringConstraints(strip_whitespace=False),
+        Field(min_length=1, max_length=128, pattern=NO_NUL_PATTERN),
+    ]
     new_password: Password
 
 
