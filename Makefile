@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test lint format typecheck check migrate bench
+.PHONY: help uv install tools run test lint format typecheck check migrate bench load drills fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,3 +42,12 @@ migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded 
 
 bench: install tools  ## Measure what observability costs (about 5 minutes; writes bench/results/latest.json)
 	$(RUN) python bench/run.py
+
+load: install  ## Load test: the whole service under locust (USERS, DURATION, SHAPE)
+	$(RUN) python loadtests/run.py --users $(or $(USERS),20) --duration $(or $(DURATION),30s) --shape $(or $(SHAPE),steady)
+
+drills: install tools  ## Fault drills under load (Redis, PostgreSQL, worker kill, SIGTERM)
+	$(RUN) python loadtests/drills.py
+
+fuzz: install  ## API fuzzing with schemathesis (long run)
+	$(RUN) python loadtests/fuzz.py

@@ -164,10 +164,15 @@ class TcpProxy:
             self._writers.discard(end)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            await self._flowing.wait()  # while stalled, the other side waits forever
-            writer.write(data)
-            await writer.drain()
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()  # while stalled, the other side waits forever
+                writer.write(data)
+                await writer.drain()
+        finally:
+            # One side hung up: hang up on the other, as a real connection would (asyncpg's
+            # close waits for the server to hang up, else for its timeout).
+            writer.close()
 
 
 @contextlib.contextmanager
