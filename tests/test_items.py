@@ -1,5 +1,6 @@
 """The items API as a client sees it: validation, paging, filters, sorting, ownership."""
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -842,3 +843,16 @@ async def test_list_q_with_nul_character_is_refused(client: httpx.AsyncClient) -
     account = await make_account(client)
     response = await client.get(ITEMS, params={"q": "nul\x00byte"}, headers=account.headers)
     assert_problem(response, 422, "validation_failed")
+
+
+async def test_concurrent_update_and_delete_never_500(client: httpx.AsyncClient) -> None:
+    """A PATCH racing a DELETE of the same row: whichever loses gets a 404, never a 500."""
+    account = await make_account(client)
+    for _ in range(15):
+        item = await make_item(client, account)
+        patched, deleted = await asyncio.gather(
+            client.patch(f"{ITEMS}/{item['id']}", json={"priority": 1}, headers=account.headers),
+            client.delete(f"{ITEMS}/{item['id']}", headers=account.headers),
+        )
+        assert patched.status_code in {200, 404}, patched.text
+        assert deleted.status_code in {204, 404}, deleted.text
