@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
 from service.cache.scoped import UserScopedCache
-from service.cache.setup import Caches
 from service.lifespan import AppState
 from service.settings import Settings
 
@@ -68,10 +67,6 @@ async def get_login_limiter(request: Request) -> LoginRateLimiter:
     return state_of(request)["login_limiter"]
 
 
-async def get_caches(request: Request) -> Caches:
-    return state_of(request)["caches"]
-
-
 async def get_auth_cache(request: Request) -> UserScopedCache:
     return state_of(request)["caches"].auth
 
@@ -84,7 +79,6 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_from_state)]
 PasswordsDep = Annotated[PasswordHasher, Depends(get_passwords)]
 AccessTokensDep = Annotated[AccessTokenCodec, Depends(get_access_tokens)]
-CachesDep = Annotated[Caches, Depends(get_caches)]
 AuthCacheDep = Annotated[UserScopedCache, Depends(get_auth_cache)]
 ItemCacheDep = Annotated[UserScopedCache, Depends(get_item_cache)]
 LoginLimiterDep = Annotated[LoginRateLimiter, Depends(get_login_limiter)]

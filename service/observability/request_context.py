@@ -31,9 +31,9 @@ access_log = structlog.get_logger("glasshouse.access")
 error_log = structlog.get_logger("glasshouse.error")
 
 
-def _is_probe(path: str) -> bool:
-    """Kubelet probes and Prometheus scrapes: not counted, and logged only when they fail,
-    or they would be most of the metrics and logs."""
+def is_probe(path: str) -> bool:
+    """Kubelet probes and Prometheus scrapes: not traced, not counted, and logged only when
+    they fail, or they would be most of the traces, metrics and logs."""
     return path.startswith("/health") or path == "/metrics"
 
 
@@ -110,7 +110,7 @@ class RequestContextMiddleware:
 
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        probe = _is_probe(scope["path"])
+        probe = is_probe(scope["path"])
         measured = self.http_metrics is not None and not probe
         if measured:
             self.http_metrics.started(scope["method"])  # type: ignore[union-attr]

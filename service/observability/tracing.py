@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.observability.request_context import RouteTemplates
+from service.observability.request_context import RouteTemplates, is_probe
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -102,7 +102,7 @@ class TracingMiddleware:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_untraced(scope["path"]):
+        if scope["type"] != "http" or is_probe(scope["path"]):
             await self.app(scope, receive, send)
             return
         carrier = _trace_headers(scope)
@@ -175,11 +175,6 @@ def _trace_headers(scope: Scope) -> dict[str, str]:
         for name, value in scope["headers"]
         if name in _PROPAGATION_HEADERS
     }
-
-
-def is_untraced(path: str) -> bool:
-    """Probes and scrapes would be most of the traces and none of the insight."""
-    return path.startswith("/health") or path == "/metrics"
 
 
 def tracer_for_requests(provider: TracerProvider) -> trace.Tracer:
