@@ -8,6 +8,7 @@ logs no connection errors.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import uuid
@@ -30,7 +31,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,7 +66,17 @@ def create_tracer_provider(
 def _sampler(settings: Settings) -> Sampler | None:
     if settings.otel.traces_sampler:
         return None  # the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG itself
-    return ParentBased(TraceIdRatioBased(settings.observability.trace_sample_ratio))
+    # ParentBased(ratio), with the ratio applied by TracingMiddleware before any span exists
+    # (see root_sample_ratio): a span the SDK would only drop costs as much as one it keeps.
+    return ParentBased(ALWAYS_ON)
+
+
+def root_sample_ratio(settings: Settings) -> float:
+    """The share of requests without an inbound trace that TracingMiddleware traces. 1.0 when
+    OTEL_TRACES_SAMPLER is set: then the SDK's sampler decides alone."""
+    if settings.otel.traces_sampler:
+        return 1.0
+    return settings.observability.trace_sample_ratio
 
 
 def _resource(settings: Settings) -> Resource:
@@ -94,18 +105,37 @@ class TracingMiddleware:
     12 us and 30-50 us for this one (in-process, this machine). Spans keep the same names
     ("GET /api/v1/items/{item_id}") and the stable HTTP semantic-convention attributes; the
     inbound W3C ``traceparent`` is continued through the configured propagators.
+
+    It is also the root sampler: a request that arrives without a trace is traced with
+    probability ``root_sample_ratio``, and one that is not gets no span and no trace context
+    at all. Letting the SDK's TraceIdRatioBased sampler decide instead meant creating a
+    non-recording span, attaching it, and starting a non-recording child for every SQL statement
+    and Redis command of the 90% of requests it dropped (60 us of a trivial request, 250 us of a
+    database read, in-process). The share of traces kept is the same; what is lost is a trace
+    ID on the log lines of requests whose trace is never exported anyway.
     """
 
-    def __init__(self, app: ASGIApp, *, tracer: trace.Tracer, routes: RouteTemplates) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer: trace.Tracer,
+        routes: RouteTemplates,
+        root_sample_ratio: float = 1.0,
+    ) -> None:
         self.app = app
         self.tracer = tracer
         self.routes = routes
+        self.root_sample_ratio = root_sample_ratio
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_probe(scope["path"]):
             await self.app(scope, receive, send)
             return
         carrier = _trace_headers(scope)
+        if not carrier and random.random() >= self.root_sample_ratio:  # noqa: S311 (not crypto)
+            await self.app(scope, receive, send)
+            return
         parent = propagate.extract(carrier, getter=_HEADER_GETTER) if carrier else None
         method = scope["method"]
         span = self.tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER)
@@ -182,20 +212,21 @@ def tracer_for_requests(provider: TracerProvider) -> trace.Tracer:
 
 
 class _ChildSpansOnlyTracer:
-    """Starts spans only inside an existing trace. Statements run outside a traced request
-    (readiness checks, startup, migrations) would otherwise each become a one-span trace."""
+    """Starts spans only inside a recorded trace. Statements run outside a traced request
+    (readiness checks, startup, migrations) would otherwise each become a one-span trace, and
+    inside a request whose trace is not recorded, a child could only be dropped."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
 
     def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
-        if not trace.get_current_span().get_span_context().is_valid:
+        if not trace.get_current_span().is_recording():
             return trace.INVALID_SPAN
         return self._tracer.start_span(*args, **kwargs)
 
     @contextmanager
     def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:
-        if not trace.get_current_span().get_span_context().is_valid:
+        if not trace.get_current_span().is_recording():
             yield trace.INVALID_SPAN
             return
         with self._tracer.start_as_current_span(*args, **kwargs) as span:
