@@ -4,7 +4,8 @@ inside a request. Secrets are redacted by key before anything is rendered.
 
 structlog's own loggers take a fast path (orjson straight to bytes on stdout); records from the
 standard library (uvicorn, gunicorn, SQLAlchemy, alembic...) go through the same processors via
-ProcessorFormatter, so both look the same.
+ProcessorFormatter, so both look the same. The access line, written once per request, takes a
+faster one still (``write_access_line``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging.config
 import re
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -138,6 +140,56 @@ class _NamedWriteLoggerFactory:
         return logger
 
 
+class _JsonOutput:
+    """Where JSON lines go, as configure_logging set it up."""
+
+    def __init__(self, stream: TextIO, level: int) -> None:
+        self.buffer = stream.buffer if hasattr(stream, "buffer") else None
+        self.stream = stream
+        self.level = level
+
+    def write(self, line: bytes) -> None:
+        # One whole line per call: the buffered writer's own lock keeps lines from other
+        # threads (the span exporter's warnings) from interleaving with it.
+        if self.buffer is not None:
+            self.buffer.write(line)
+            self.buffer.flush()
+        else:
+            self.stream.write(line.decode())
+            self.stream.flush()
+
+
+_json_output: _JsonOutput | None = None
+_access_logger = structlog.get_logger("glasshouse.access")
+
+
+def write_access_line(fields: dict[str, Any], *, failed: bool) -> None:
+    """The one canonical line per request. With JSON logs it is rendered here, with the same
+    fields the processor chain adds (request context, level, logger, trace IDs, timestamp,
+    redaction), in a quarter of the time the chain took on every request (see the README)."""
+    output = _json_output
+    if output is None:
+        (_access_logger.error if failed else _access_logger.info)("request", **fields)
+        return
+    if (logging.ERROR if failed else logging.INFO) < output.level:
+        return
+    line = {"event": "request", **fields}
+    structlog.contextvars.merge_contextvars(None, "", line)
+    line["level"] = "error" if failed else "info"
+    line["logger"] = "glasshouse.access"
+    add_trace_context(None, "", line)
+    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    redact_secrets(None, "", line)
+    output.write(orjson.dumps(line, default=str) + b"\n")
+
+
+def reset_logging() -> None:
+    """Back to structlog's defaults (tests that configured logging to a stream they close)."""
+    global _json_output
+    _json_output = None
+    structlog.reset_defaults()
+
+
 def configure_logging(
     *, json: bool, level: str = "INFO", stream: TextIO | None = None, cache_loggers: bool = True
 ) -> None:
@@ -145,8 +197,10 @@ def configure_logging(
 
     ``cache_loggers=False`` lets a later configure_logging (tests) reach loggers already used.
     """
+    global _json_output
     stream = stream or sys.stdout
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    _json_output = _JsonOutput(stream, numeric_level) if json else None
     exception_renderer: Processor = (
         structlog.processors.dict_tracebacks if json else structlog.dev.set_exc_info
     )

@@ -22,12 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InternalError, raw_problem
 from service.observability.http_metrics import HttpMetrics
+from service.observability.logging import write_access_line
 
 REQUEST_ID_HEADER = "x-request-id"
 # An inbound ID is accepted only if it is short and harmless: it lands in logs and headers.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
-access_log = structlog.get_logger("glasshouse.access")
 error_log = structlog.get_logger("glasshouse.error")
 
 
@@ -183,7 +183,4 @@ def _log_access(
         "client": f"{client[0]}:{client[1]}" if client else None,
         "response_bytes": response_bytes,
     }
-    if status >= 500:
-        access_log.error("request", **fields)
-    else:
-        access_log.info("request", **fields)
+    write_access_line(fields, failed=status >= 500)
