@@ -44,7 +44,7 @@ def make_lifespan(
     settings: Settings, lifecycle: Lifecycle, tracer_provider: TracerProvider | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings.database)
         observability.observe_engine(engine, settings, tracer_provider)
         caches = build_caches(settings)
@@ -71,6 +71,7 @@ def make_lifespan(
             lifecycle.begin_draining()
             await caches.close()
             await engine.dispose()
+            observability.close_http_metrics(app)
             # Last, so that spans of the shutdown itself are flushed too.
             observability.shutdown_tracing(tracer_provider, settings)
             log.info("shutdown_complete")

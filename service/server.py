@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import signal
 import sys
 from types import FrameType
@@ -37,6 +38,13 @@ class DrainingServer(Server):
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets=sockets)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        # Everything built so far (modules, the app, its pools: ~150k objects) lives as long
+        # as the worker. Frozen, the collector stops walking it on every full collection:
+        # those walks were the 50-100 ms stalls at the p99 of a cached read.
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._draining or not self._drain_seconds or not self._loop:

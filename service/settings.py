@@ -210,6 +210,15 @@ class ObservabilitySettings(BaseModel):
     ] = "INFO"
     access_log: Annotated[bool, Field(description="One canonical log line per request.")] = True
     metrics: Annotated[bool, Field(description="Record Prometheus metrics.")] = True
+    metrics_flush_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description="How often a worker writes its batched HTTP metrics (0: on every "
+            "request); a scrape may be this far behind.",
+        ),
+    ] = 1.0
     metrics_host: Annotated[str, Field(description="Address of the separate metrics listener.")] = (
         "127.0.0.1"
     )
@@ -241,7 +250,8 @@ class ObservabilitySettings(BaseModel):
         Field(
             ge=0,
             le=1,
-            description="ParentBased(TraceIdRatio) ratio, used when OTEL_TRACES_SAMPLER is unset.",
+            description="Share of requests traced when no inbound trace decides (parent-based "
+            "otherwise); used when OTEL_TRACES_SAMPLER is unset.",
         ),
     ] = 1.0
     trace_export_timeout_seconds: Annotated[

@@ -56,6 +56,14 @@ def metric(text: str, key: str) -> float:
     return 0.0
 
 
+def settled_metric(url: str, key: str, expected: float, timeout: float = 5) -> float:
+    """The value once workers have flushed their batched metrics (every second by default)."""
+    deadline = time.monotonic() + timeout
+    while (value := metric(httpx.get(url).text, key)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
 def series_names(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and line[0] != "#"}
 
@@ -72,17 +80,21 @@ def test_metrics_are_whole_whichever_worker_answers(service: Gunicorn) -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]) for r in responses)
     assert len({response.headers["x-request-id"] for response in responses}) == REQUESTS
 
-    # The master's listener and every worker's /metrics agree on the whole pod's total.
-    assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) == REQUESTS
+    # The master's listener and every worker's /metrics agree on the whole pod's total, once
+    # the workers have flushed (within a second).
+    assert settled_metric(service.metrics_url, ITEMS_KEY, REQUESTS) == REQUESTS
     for _ in range(10):
         assert metric(httpx.get(f"{service.url}/metrics").text, ITEMS_KEY) == REQUESTS
 
 
 def test_scans_of_unknown_paths_add_no_series(service: Gunicorn) -> None:
+    unknown = 'http_requests_total{handler="none",method="GET",status="4xx"}'
     httpx.get(f"{service.url}/warm/up")
+    assert settled_metric(service.metrics_url, unknown, 1) == 1
     before = series_names(httpx.get(service.metrics_url).text)
     for attempt in range(25):
         assert httpx.get(f"{service.url}/{uuid.uuid4().hex}/{attempt}").status_code == 404
+    assert settled_metric(service.metrics_url, unknown, 26) == 26
     after = series_names(httpx.get(service.metrics_url).text)
     assert after == before
 
@@ -91,7 +103,7 @@ def test_killed_worker_is_replaced_and_counters_never_go_back(service: Gunicorn)
     headers = service.new_account_headers()
     send_requests(service, headers, 10)
     workers = service.worker_pids()
-    before = metric(httpx.get(service.metrics_url).text, ITEMS_KEY)
+    before = settled_metric(service.metrics_url, ITEMS_KEY, 10)
     assert before == 10
 
     victim = min(workers)
@@ -109,7 +121,7 @@ def test_killed_worker_is_replaced_and_counters_never_go_back(service: Gunicorn)
     service.wait_for_workers(2)
     assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) == before
     send_requests(service, headers, 5)
-    assert metric(httpx.get(service.metrics_url).text, ITEMS_KEY) == before + 5
+    assert settled_metric(service.metrics_url, ITEMS_KEY, before + 5) == before + 5
 
 
 def test_sigterm_flushes_every_span_and_logs_name_their_trace(

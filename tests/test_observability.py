@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from service.observability.logging import configure_logging
+from service.observability.logging import configure_logging, reset_logging
 from service.settings import ObservabilitySettings, Settings
 from tests.conftest import make_settings
 from tests.factories import API, make_account, make_item
@@ -47,7 +47,7 @@ def json_logs(tmp_path: Path) -> Iterator[LogFile]:
             yield LogFile(path)
         finally:
             stream.flush()
-            structlog.reset_defaults()
+            reset_logging()
             logging.getLogger().handlers.clear()
 
 

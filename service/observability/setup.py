@@ -53,7 +53,9 @@ def install_outer_middleware(
     http_metrics = None
     if settings.observability.metrics:
         metrics.initialize_series(version=__version__, build=BUILD)
-        http_metrics = HttpMetrics()
+        http_metrics = HttpMetrics(flush_seconds=settings.observability.metrics_flush_seconds)
+        # The lifespan flushes it at shutdown (close_http_metrics).
+        app.state.http_metrics = http_metrics
     routes = RouteTemplates(app)
     app.add_middleware(
         RequestContextMiddleware,
@@ -65,14 +67,25 @@ def install_outer_middleware(
         registry_dir = settings.prometheus_multiproc_dir
 
         async def metrics_endpoint(_: Request) -> Response:
+            if http_metrics is not None:
+                http_metrics.flush()  # this worker's own batch, at least, is current
             body = generate_latest(metrics.exposition_registry(registry_dir))
             return Response(body, media_type=CONTENT_TYPE_LATEST)
 
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     if provider is not None:
         app.add_middleware(
-            tracing.TracingMiddleware, tracer=tracing.tracer_for_requests(provider), routes=routes
+            tracing.TracingMiddleware,
+            tracer=tracing.tracer_for_requests(provider),
+            routes=routes,
+            root_sample_ratio=tracing.root_sample_ratio(settings),
         )
+
+
+def close_http_metrics(app: FastAPI) -> None:
+    http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
+    if http_metrics is not None:
+        http_metrics.close()
 
 
 def observe_engine(

@@ -1,0 +1,146 @@
+"""What keeps observability cheap must not change what it reports: batched HTTP metrics add up
+to what was served, root sampling keeps the configured share of traces (and respects an
+upstream decision), and the access line honours the log level."""
+
+import asyncio
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.main import create_app
+from service.observability.http_metrics import HttpMetrics
+from service.observability.logging import configure_logging, reset_logging
+from service.settings import ObservabilitySettings
+from tests.conftest import make_settings
+from tests.factories import API, make_account, make_item
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_batched_http_metrics_add_up_when_flushed() -> None:
+    route = f"/test/{uuid.uuid4().hex}"  # series of this test only
+    recorder = HttpMetrics(flush_seconds=60)
+    for seconds, status in ((0.003, 200), (0.02, 200), (20.0, 503)):
+        recorder.started("GET")
+        recorder.finished(
+            method="GET",
+            route=route,
+            status=status,
+            seconds=seconds,
+            request_bytes=10,
+            response_bytes=100,
+        )
+    recorder.started("GET")  # still in flight at the flush
+    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 0
+
+    recorder.flush()
+    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 2
+    assert sample("http_requests_total", handler=route, method="GET", status="5xx") == 1
+    duration = "http_request_duration_seconds_bucket"
+    assert sample(duration, handler=route, method="GET", le="0.005") == 1
+    assert sample(duration, handler=route, method="GET", le="0.025") == 2
+    assert sample(duration, handler=route, method="GET", le="10.0") == 2
+    assert sample(duration, handler=route, method="GET", le="+Inf") == 3
+    assert sample(
+        "http_request_duration_seconds_sum", handler=route, method="GET"
+    ) == pytest.approx(20.023)
+    assert sample("http_request_size_bytes_count", handler=route) == 3
+    assert sample("http_request_size_bytes_sum", handler=route) == 30
+    assert sample("http_response_size_bytes_sum", handler=route) == 300
+    assert sample("http_requests_inprogress", method="GET") == 1
+
+
+async def test_batched_http_metrics_flush_by_themselves() -> None:
+    route = f"/test/{uuid.uuid4().hex}"
+    recorder = HttpMetrics(flush_seconds=0.05)
+    recorder.started("GET")
+    recorder.finished(
+        method="GET", route=route, status=200, seconds=0.01, request_bytes=0, response_bytes=2
+    )
+    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 0
+    await asyncio.sleep(0.3)
+    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 1
+    recorder.close()  # nothing pending: writes nothing twice
+    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 1
+
+
+async def traced_requests(
+    ratio: float, empty_database: AsyncEngine, database_url: str, requests: list[dict[str, str]]
+) -> InMemorySpanExporter:
+    """Sends one cache-bypassing item read per entry of ``requests`` (its extra headers)."""
+    exporter = InMemorySpanExporter()
+    settings = make_settings(
+        database_url, observability=ObservabilitySettings(trace_sample_ratio=ratio)
+    )
+    app = create_app(settings, span_exporter=exporter)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            account = await make_account(client)
+            item = await make_item(client, account)
+            exporter.clear()
+            for extra in requests:
+                headers = {**account.headers, "Cache-Control": "no-cache", **extra}
+                response = await client.get(f"{API}/items/{item['id']}", headers=headers)
+                assert response.status_code == 200
+    return exporter
+
+
+async def test_unsampled_requests_make_no_spans_at_all(
+    empty_database: AsyncEngine, database_url: str
+) -> None:
+    exporter = await traced_requests(0.0, empty_database, database_url, [{}] * 5)
+    # Not even the database's child spans: the request has no trace to belong to.
+    assert exporter.get_finished_spans() == ()
+
+
+async def test_an_upstream_sampling_decision_wins_over_the_ratio(
+    empty_database: AsyncEngine, database_url: str
+) -> None:
+    sampled = {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"}
+    not_sampled = {"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"}
+    exporter = await traced_requests(0.0, empty_database, database_url, [sampled, not_sampled])
+    spans = exporter.get_finished_spans()
+    assert {format(span.context.trace_id, "032x") for span in spans if span.context} == {
+        sampled["traceparent"].split("-")[1]
+    }
+    assert any(span.attributes and "db.system" in span.attributes for span in spans)
+
+
+async def test_the_sample_ratio_is_the_share_of_requests_traced(
+    empty_database: AsyncEngine, database_url: str
+) -> None:
+    exporter = await traced_requests(0.5, empty_database, database_url, [{}] * 200)
+    traced = [span for span in exporter.get_finished_spans() if span.kind.name == "SERVER"]
+    # Binomial(200, 0.5): outside 70..130 about once in 10^5 runs.
+    assert 70 <= len(traced) <= 130
+
+
+async def test_access_line_follows_the_log_level(
+    empty_database: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "service.log"
+    settings = make_settings(database_url)
+    with path.open("w") as stream:
+        configure_logging(json=True, level="WARNING", stream=stream, cache_loggers=False)
+        try:
+            app = create_app(settings)
+            async with LifespanManager(app) as manager:
+                transport = httpx.ASGITransport(app=manager.app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    assert (await client.get(f"{API}/info")).status_code == 200
+        finally:
+            reset_logging()
+            logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert not [line for line in lines if line.get("logger") == "glasshouse.access"]
