@@ -20,7 +20,7 @@ from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
 from service.cache.setup import Caches, build_caches
 from service.db.migrate import upgrade_to_head
-from service.db.session import create_engine, create_sessionmaker
+from service.db.session import create_engine, create_read_sessionmaker, create_sessionmaker
 from service.health.lifecycle import Lifecycle
 from service.observability import setup as observability
 from service.settings import Settings
@@ -34,6 +34,7 @@ class AppState(TypedDict):
     lifecycle: Lifecycle
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
     caches: Caches
     login_limiter: LoginRateLimiter
     passwords: PasswordHasher
@@ -62,6 +63,7 @@ def make_lifespan(
                 lifecycle=lifecycle,
                 engine=engine,
                 sessionmaker=sessionmaker,
+                read_sessionmaker=create_read_sessionmaker(engine),
                 caches=caches,
                 login_limiter=LoginRateLimiter(caches.store, settings.rate_limit),
                 passwords=passwords,

@@ -6,11 +6,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from service import __version__
-from service.api import API_PREFIX, API_ROUTERS
+from service import __version__, api
 from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
-from service.health.router import router as health_router
 from service.lifespan import make_lifespan
 from service.middleware import BodySizeLimitMiddleware
 from service.observability import setup as observability
@@ -34,9 +32,7 @@ def create_app(
     # The server flips it on SIGTERM (service/server.py); readiness reads it from the state.
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
-    for router in API_ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
-    app.include_router(health_router)
+    api.mount(app)
 
     # Middleware added later wraps what was added before. From the outside in:
     # [tracing] -> request context (ID, metrics, logs, last-resort 500) -> CORS

@@ -43,6 +43,14 @@ class DatabaseSettings(BaseModel):
     pool_pre_ping: Annotated[
         bool, Field(description="Test a connection before handing it out (survives DB restarts).")
     ] = True
+    pool_pre_ping_idle_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Test only connections idle at least this long (0: every checkout); "
+            "a connection just used is known to work.",
+        ),
+    ] = 1.0
     connect_timeout_seconds: Annotated[
         float, Field(gt=0, description="Connect timeout to PostgreSQL (bounds an outage's 503s).")
     ] = 3.0

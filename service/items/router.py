@@ -9,7 +9,7 @@ from service.auth.principal import Principal
 from service.auth.security import AccessClaims
 from service.cache.responses import json_with_etag, wants_fresh
 from service.cache.scoped import MISS_UNAVAILABLE, Lookup, UserScopedCache, read_pair
-from service.dependencies import AuthCacheDep, ItemCacheDep, SessionDep
+from service.dependencies import AuthCacheDep, ItemCacheDep, SessionDep, read_session
 from service.items import service
 from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
@@ -67,7 +67,6 @@ async def create_item(
 async def list_items(
     request: Request,
     claims: AccessClaimsDep,
-    session: SessionDep,
     auth_cache: AuthCacheDep,
     cache: ItemCacheDep,
     page: Annotated[PageParams, Depends(page_params)],
@@ -88,12 +87,13 @@ async def list_items(
     # Everything that changes the answer, and nothing else (the viewer is the key's scope).
     query = f"{item_status}|{priority}|{q}|{owner_id}|{sort.value}|{page.limit}|{page.offset}"
     key = "list:" + hashlib.sha256(query.encode()).hexdigest()[:32]
-    viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
-    if lookup.value is not None:
-        return json_with_etag(request, lookup.value)
-    items, total = await service.list_items(
-        session=session, viewer=viewer, filters=filters, sort=sort, page=page
-    )
+    async with read_session(request) as session:
+        viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
+        if lookup.value is not None:
+            return json_with_etag(request, lookup.value)
+        items, total = await service.list_items(
+            session=session, viewer=viewer, filters=filters, sort=sort, page=page
+        )
     body = Page[ItemRead](
         items=[ItemRead.model_validate(item) for item in items],
         total=total,
@@ -114,15 +114,15 @@ async def get_item(
     request: Request,
     item_id: ItemId,
     claims: AccessClaimsDep,
-    session: SessionDep,
     auth_cache: AuthCacheDep,
     cache: ItemCacheDep,
 ) -> Response:
     key = f"item:{item_id}"
-    viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
-    if lookup.value is not None:
-        return json_with_etag(request, lookup.value)
-    item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
+    async with read_session(request) as session:
+        viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
+        if lookup.value is not None:
+            return json_with_etag(request, lookup.value)
+        item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
     body = ItemRead.model_validate(item).model_dump_json().encode()
     await cache.write(viewer.id, key, lookup, body)
     return json_with_etag(request, body)
