@@ -16,9 +16,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
+from service.observability import tracing
 from service.observability.http_metrics import HttpMetrics
 from service.observability.logging import configure_logging, reset_logging
-from service.settings import ObservabilitySettings
+from service.settings import ObservabilitySettings, OtelSettings
 from tests.conftest import make_settings
 from tests.factories import API, make_account, make_item
 
@@ -144,3 +145,37 @@ async def test_access_line_follows_the_log_level(
             logging.getLogger().handlers.clear()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert not [line for line in lines if line.get("logger") == "glasshouse.access"]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "argument", "root_ratio", "sdk_decides"),
+    [
+        (None, None, 0.25, False),  # ours: GLASSHOUSE_OBSERVABILITY__TRACE_SAMPLE_RATIO
+        ("parentbased_traceidratio", "0.1", 0.1, False),  # the documented production setting
+        ("parentbased_traceidratio", None, 1.0, False),
+        ("always_off", None, 1.0, True),  # any other sampler: the SDK's, unchanged
+        ("parentbased_traceidratio", "lots", 1.0, True),
+    ],
+)
+def test_root_sampling_applies_to_parent_based_ratio_samplers_only(
+    sampler: str | None,
+    argument: str | None,
+    root_ratio: float,
+    sdk_decides: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if sampler:  # what the SDK itself reads when it decides
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", argument or "")
+    settings = make_settings(
+        "sqlite+aiosqlite://",
+        observability=ObservabilitySettings(trace_sample_ratio=0.25),
+        otel=OtelSettings(traces_sampler=sampler, traces_sampler_arg=argument),
+    )
+    assert tracing.root_sample_ratio(settings) == root_ratio
+    provider = tracing.create_tracer_provider(settings, exporter=InMemorySpanExporter())
+    assert provider is not None
+    # Ours roots every trace it is handed (the middleware did the sampling); the SDK's does not.
+    assert provider.sampler.get_description().startswith("ParentBased{root:AlwaysOnSampler") != (
+        sdk_decides
+    )

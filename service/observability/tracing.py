@@ -64,19 +64,34 @@ def create_tracer_provider(
 
 
 def _sampler(settings: Settings) -> Sampler | None:
-    if settings.otel.traces_sampler:
+    if _root_ratio_sampling(settings) is None:
         return None  # the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG itself
-    # ParentBased(ratio), with the ratio applied by TracingMiddleware before any span exists
-    # (see root_sample_ratio): a span the SDK would only drop costs as much as one it keeps.
+    # ParentBased(TraceIdRatio), with the ratio applied by TracingMiddleware before any span
+    # exists (see root_sample_ratio): a span the SDK would only drop costs as much as one it
+    # keeps.
     return ParentBased(ALWAYS_ON)
 
 
 def root_sample_ratio(settings: Settings) -> float:
-    """The share of requests without an inbound trace that TracingMiddleware traces. 1.0 when
-    OTEL_TRACES_SAMPLER is set: then the SDK's sampler decides alone."""
-    if settings.otel.traces_sampler:
-        return 1.0
-    return settings.observability.trace_sample_ratio
+    """The share of requests without an inbound trace that TracingMiddleware traces; 1.0 when
+    the SDK's own sampler decides (an OTEL_TRACES_SAMPLER other than parentbased_traceidratio)."""
+    ratio = _root_ratio_sampling(settings)
+    return 1.0 if ratio is None else ratio
+
+
+def _root_ratio_sampling(settings: Settings) -> float | None:
+    """The ratio when the sampler is ParentBased(TraceIdRatio): the documented production
+    setting (OTEL_TRACES_SAMPLER=parentbased_traceidratio) or ours (no OTEL_TRACES_SAMPLER)."""
+    sampler = settings.otel.traces_sampler
+    if not sampler:
+        return settings.observability.trace_sample_ratio
+    if sampler.strip().lower() != "parentbased_traceidratio":
+        return None
+    try:
+        ratio = float(settings.otel.traces_sampler_arg or 1.0)
+    except ValueError:
+        return None  # the SDK warns about it and falls back as it always did
+    return ratio if 0.0 <= ratio <= 1.0 else None
 
 
 def _resource(settings: Settings) -> Resource:
