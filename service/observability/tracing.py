@@ -261,6 +261,19 @@ def instrument_redis(client: Redis, provider: TracerProvider) -> None:
     RedisInstrumentor.instrument_client(client, tracer_provider=_ChildSpansOnlyProvider(provider))  # type: ignore[arg-type]
 
 
+class _RecordedTracesEngineTracer(EngineTracer):
+    """The instrumentation parses the engine URL and the statement, and enters a span context,
+    before it learns that its span will not be recorded: work spent on every statement of the
+    requests that are not traced. This returns before any of that."""
+
+    def _before_cur_exec(
+        self, conn: Any, cursor: Any, statement: Any, params: Any, *rest: Any
+    ) -> Any:
+        if not trace.get_current_span().is_recording():
+            return statement, params
+        return super()._before_cur_exec(conn, cursor, statement, params, *rest)  # type: ignore[no-untyped-call]
+
+
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
     """DB spans for this engine only (the instrumentor's global patching would tie every
     engine in the process to the first provider)."""
@@ -268,7 +281,7 @@ def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
         "opentelemetry.instrumentation.sqlalchemy", __version__
     )
     connections = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
-    EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
+    _RecordedTracesEngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
 
 
 def shutdown_tracer_provider(provider: TracerProvider, timeout_seconds: float) -> None:
