@@ -40,7 +40,7 @@ check: lint typecheck test  ## Everything CI runs
 migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
 	$(RUN) alembic upgrade head
 
-bench: install tools  ## Measure what observability costs (about 5 minutes; writes bench/results/latest.json)
+bench: install tools  ## Measure what observability costs (about 6 minutes; writes bench/results/latest.json)
 	$(RUN) python bench/run.py
 
 load: install  ## Load test: the whole service under locust (USERS, DURATION, SHAPE)
