@@ -7,13 +7,13 @@ walks every node of the dependency tree again on each request.
 """
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, cast
 
 import sqlalchemy.exc
 import structlog
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
@@ -36,37 +36,36 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    session = state_of(request)["sessionmaker"]()
-    try:
+    async with _session_of(state_of(request)["sessionmaker"]) as session:
         yield session
-    finally:
-        await _close(session)
 
 
-@asynccontextmanager
-async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
+def read_session(request: Request) -> AbstractAsyncContextManager[AsyncSession]:
     """A session for a route that never writes (see create_read_sessionmaker), opened by the
     route itself rather than as a dependency: a cached read never touches it, and FastAPI's
     machinery for a ``yield`` dependency (an exit stack and a cancel scope per request) cost
     more than the rest of the session's life."""
-    session = state_of(request)["read_sessionmaker"]()
+    return _session_of(state_of(request)["read_sessionmaker"])
+
+
+@asynccontextmanager
+async def _session_of(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    session = sessionmaker()
     try:
         yield session
     finally:
-        await _close(session)
-
-
-async def _close(session: AsyncSession) -> None:
-    # A session that holds no transaction has no connection to give back: closing it anyway
-    # costs a greenlet round trip, on every cached read that never used it.
-    if session.in_transaction():
-        try:
-            await session.close()
-        except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError) as exc:
-            # This runs after the response has started: raising would cut the client's
-            # connection. The work is committed or rolled back; the pool drops the dead
-            # connection.
-            log.warning("session_close_failed", error=type(exc).__name__)
+        # A session that holds no transaction has no connection to give back: closing it
+        # anyway costs a greenlet round trip, on every cached read that never used it.
+        if session.in_transaction():
+            try:
+                await session.close()
+            except (sqlalchemy.exc.DBAPIError, OSError, TimeoutError) as exc:
+                # After a yield dependency this runs once the response has started: raising
+                # would cut the client's connection. The work is committed or rolled back;
+                # the pool drops the dead connection.
+                log.warning("session_close_failed", error=type(exc).__name__)
 
 
 async def get_settings_from_state(request: Request) -> Settings:

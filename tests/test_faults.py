@@ -207,7 +207,8 @@ async def test_stalled_database_gives_503_within_the_command_timeout(
     elapsed = time.perf_counter() - started
     proxy.set_mode(ProxyMode.forward)
     assert_problem(response, 503, "database_unavailable")
-    # The stalled pre-ping (command timeout), then a reconnect that stalls (connect timeout).
+    # The stalled statement or pre-ping (command timeout), then a reconnect that stalls
+    # (connect timeout).
     assert elapsed < 1.5 + 1.0 + 1.0, f"took {elapsed:.1f} s"
 
 

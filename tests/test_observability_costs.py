@@ -71,7 +71,7 @@ async def test_batched_http_metrics_flush_by_themselves() -> None:
     assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 0
     await asyncio.sleep(0.3)
     assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 1
-    recorder.close()  # nothing pending: writes nothing twice
+    recorder.flush()  # nothing pending: writes nothing twice
     assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 1
 
 

@@ -85,7 +85,7 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for requests that only read: in autocommit mode there is no BEGIN before the
-    query and no ROLLBACK after it, two of an uncached read's four round trips. Nothing is
+    query and no ROLLBACK after it, two of a primary-key read's three round trips. Nothing is
     lost: at READ COMMITTED every statement takes its own snapshot, transaction or not."""
     return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
 

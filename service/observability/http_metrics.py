@@ -9,7 +9,7 @@ Recording is batched. A request only adds to plain tallies of this process; ever
 the memory-mapped files the master reads). Writing through cost nine locked file writes and
 five label lookups a request, 45 us in-process; a flush costs that once per series and second.
 The price: a scrape may be up to ``flush_seconds`` behind, and a worker killed with SIGKILL
-loses at most that much (a normal exit flushes, see ``close``).
+loses at most that much (the lifespan flushes at a normal exit).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class HttpMetrics:
         for (handler, method, status), tally in tallies.items():
             metrics.HTTP_REQUESTS.labels(handler, method, status).inc(tally.requests)
             # prometheus_client has no public "observe n values": its per-bucket values are
-            # what observe() itself increments (tests/test_observability.py checks the sums).
+            # what observe() itself increments (tests/test_observability_costs.py checks the sums).
             duration = metrics.HTTP_REQUEST_DURATION.labels(handler, method)
             for index, count in enumerate(tally.buckets):
                 if count:
@@ -109,6 +109,3 @@ class HttpMetrics:
                 child._sum.inc(total)
         for method, in_progress in self._in_progress.items():
             metrics.HTTP_IN_PROGRESS.labels(method).set(in_progress)
-
-    def close(self) -> None:
-        self.flush()

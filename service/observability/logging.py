@@ -15,7 +15,6 @@ import logging.config
 import re
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -100,13 +99,16 @@ def drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     return event_dict
 
 
+_add_timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         add_trace_context,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_timestamp,
         redact_secrets,
     ]
 
@@ -141,22 +143,18 @@ class _NamedWriteLoggerFactory:
 
 
 class _JsonOutput:
-    """Where JSON lines go, as configure_logging set it up."""
+    """Where JSON lines go, as configure_logging set it up: the byte stream structlog's own
+    loggers write to."""
 
     def __init__(self, stream: TextIO, level: int) -> None:
-        self.buffer = stream.buffer if hasattr(stream, "buffer") else None
-        self.stream = stream
+        self.buffer = stream.buffer
         self.level = level
 
     def write(self, line: bytes) -> None:
         # One whole line per call: the buffered writer's own lock keeps lines from other
         # threads (the span exporter's warnings) from interleaving with it.
-        if self.buffer is not None:
-            self.buffer.write(line)
-            self.buffer.flush()
-        else:
-            self.stream.write(line.decode())
-            self.stream.flush()
+        self.buffer.write(line)
+        self.buffer.flush()
 
 
 _json_output: _JsonOutput | None = None
@@ -178,7 +176,7 @@ def write_access_line(fields: dict[str, Any], *, failed: bool) -> None:
     line["level"] = "error" if failed else "info"
     line["logger"] = "glasshouse.access"
     add_trace_context(None, "", line)
-    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    _add_timestamp(None, "", line)
     redact_secrets(None, "", line)
     output.write(orjson.dumps(line, default=str) + b"\n")
 

@@ -54,7 +54,7 @@ def install_outer_middleware(
     if settings.observability.metrics:
         metrics.initialize_series(version=__version__, build=BUILD)
         http_metrics = HttpMetrics(flush_seconds=settings.observability.metrics_flush_seconds)
-        # The lifespan flushes it at shutdown (close_http_metrics).
+        # The lifespan flushes it at shutdown (flush_http_metrics).
         app.state.http_metrics = http_metrics
     routes = RouteTemplates(app)
     app.add_middleware(
@@ -82,10 +82,10 @@ def install_outer_middleware(
         )
 
 
-def close_http_metrics(app: FastAPI) -> None:
+def flush_http_metrics(app: FastAPI) -> None:
     http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
     if http_metrics is not None:
-        http_metrics.close()
+        http_metrics.flush()
 
 
 def observe_engine(
