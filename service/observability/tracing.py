@@ -19,7 +19,6 @@ from typing import Any
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.observability.otlp import FastOtlpSpanExporter
 from service.observability.request_context import RouteTemplates, is_probe
 from service.settings import Settings
 
@@ -57,7 +57,7 @@ def create_tracer_provider(
         # Endpoint, headers, timeout and compression come from the standard OTEL_* variables.
         provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(timeout=settings.observability.trace_export_timeout_seconds)
+                FastOtlpSpanExporter(timeout=settings.observability.trace_export_timeout_seconds)
             )
         )
     return provider
