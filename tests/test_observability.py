@@ -4,6 +4,7 @@ test owns, an in-memory span exporter, and the app's own /metrics."""
 import json
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.main import create_app
 from service.observability.logging import configure_logging, reset_logging
 from service.settings import ObservabilitySettings, Settings
-from tests.conftest import make_settings
+from tests.conftest import REDIS_URL, make_settings
 from tests.factories import API, make_account, make_item
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -293,6 +294,54 @@ async def test_request_touching_the_database_has_db_child_spans(
         assert span.context.trace_id == server.context.trace_id
     statements = " ".join(str(span.attributes.get("db.statement", "")) for span in db_spans)  # type: ignore[union-attr]
     assert "items" in statements
+
+
+async def test_cache_round_trips_are_client_spans_of_the_request(
+    database_url: str, exporter: InMemorySpanExporter, empty_database: AsyncEngine
+) -> None:
+    redis_url = httpx.URL(REDIS_URL)
+    async with traced_client(make_settings(database_url, REDIS_URL), exporter) as client:
+        account = await make_account(client)
+        item = await make_item(client, account)
+        url = f"{API}/items/{item['id']}"
+        assert (await client.get(url, headers=account.headers)).status_code == 200
+        exporter.clear()
+        assert (await client.get(url, headers=account.headers)).status_code == 200  # cached
+    [server] = server_spans(exporter)
+    [mget] = [span for span in exporter.get_finished_spans() if span.kind.name == "CLIENT"]
+    assert server.context is not None
+    assert mget.parent is not None
+    assert mget.parent.span_id == server.context.span_id
+    assert mget.name == "MGET"
+    assert mget.attributes == {
+        "db.system": "redis",
+        "db.system.name": "redis",
+        "db.namespace": redis_url.path.strip("/") or "0",
+        "db.operation.name": "MGET",
+        "server.address": redis_url.host,
+        "server.port": redis_url.port,
+    }
+    assert mget.status.status_code.name == "UNSET"
+
+
+async def test_a_failed_cache_round_trip_is_an_error_span(
+    database_url: str, exporter: InMemorySpanExporter, empty_database: AsyncEngine
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_redis = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    async with traced_client(make_settings(database_url, dead_redis), exporter) as client:
+        # The cache is down (the breaker opens at the first failure); the API works all the same.
+        account = await make_account(client)
+        await make_item(client, account)
+    failed = [span for span in exporter.get_finished_spans() if span.kind.name == "CLIENT"]
+    redis_spans = [
+        span for span in failed if span.attributes and span.attributes.get("db.system") == "redis"
+    ]
+    assert redis_spans
+    for span in redis_spans:
+        assert span.status.status_code.name == "ERROR"
+        assert [event.name for event in span.events] == ["exception"]
 
 
 async def test_inbound_traceparent_is_continued(

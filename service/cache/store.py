@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from fastapi_cache.backends.inmemory import InMemoryBackend
 from fastapi_cache.backends.redis import RedisBackend
 from redis.asyncio import Redis
+
+# Wraps one round trip to Redis: (span name, number of commands) -> a context manager.
+# Tracing sets it (service/observability/tracing.py); the store only says where round trips are.
+RoundTripObserver = Callable[[str, int], AbstractContextManager[object]]
+_UNOBSERVED = nullcontext()
+
+
+def _unobserved(_: str, __: int) -> AbstractContextManager[object]:
+    return _UNOBSERVED
 
 
 class RedisStore(RedisBackend):
@@ -20,40 +31,47 @@ class RedisStore(RedisBackend):
     def __init__(self, client: Redis) -> None:
         super().__init__(client)
         self.client = client
+        self.round_trip: RoundTripObserver = _unobserved
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values = await self.client.mget(keys)
+        with self.round_trip("MGET", 1):
+            values = await self.client.mget(keys)
         return [value.encode() if isinstance(value, str) else value for value in values]
 
     async def set_many(self, items: dict[str, bytes], ttl_seconds: int) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key, value in items.items():
-                pipe.set(key, value, ex=ttl_seconds)
-            await pipe.execute()
+        with self.round_trip("SET", len(items)):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(key, value, ex=ttl_seconds)
+                await pipe.execute()
 
     async def delete(self, key: str) -> None:
-        await self.client.delete(key)
+        with self.round_trip("DEL", 1):
+            await self.client.delete(key)
 
     async def hit_window(self, key: str, window_seconds: int) -> tuple[int, int]:
         """Counts one event in a fixed window; returns (events so far, seconds left)."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window_seconds, nx=True)
-            pipe.ttl(key)
-            count, _, ttl = await pipe.execute()
+        with self.round_trip("MULTI INCR EXPIRE TTL EXEC", 3):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, window_seconds, nx=True)
+                pipe.ttl(key)
+                count, _, ttl = await pipe.execute()
         return int(count), max(int(ttl), 1)
 
     async def window(self, keys: list[str]) -> list[tuple[int, int]]:
         """(events, seconds left) of each counter, without counting."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.ttl(key)
-            raw = await pipe.execute()
+        with self.round_trip("GET TTL", 2 * len(keys)):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                    pipe.ttl(key)
+                raw = await pipe.execute()
         return [(int(raw[i] or 0), max(int(raw[i + 1]), 0)) for i in range(0, len(raw), 2)]
 
     async def ping(self) -> None:
-        await self.client.ping()
+        with self.round_trip("PING", 1):
+            await self.client.ping()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -101,7 +101,7 @@ def observe_engine(
 def observe_cache(caches: Caches, provider: TracerProvider | None) -> None:
     store = caches.store.store
     if provider is not None and isinstance(store, RedisStore):
-        tracing.instrument_redis(store.client, provider)
+        tracing.trace_redis_store(store, provider)
 
 
 def _track_pool(engine: AsyncEngine, settings: Settings) -> None:

@@ -13,13 +13,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.propagators.textmap import Getter
@@ -31,11 +30,11 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.cache.store import RedisStore
 from service.observability.otlp import FastOtlpSpanExporter
 from service.observability.request_context import RouteTemplates, is_probe
 from service.settings import Settings
@@ -256,9 +255,77 @@ class _ChildSpansOnlyProvider:
         return _ChildSpansOnlyTracer(self._provider.get_tracer(*args, **kwargs))
 
 
-def instrument_redis(client: Redis, provider: TracerProvider) -> None:
-    """Redis command spans, for this client only, and only inside a traced request."""
-    RedisInstrumentor.instrument_client(client, tracer_provider=_ChildSpansOnlyProvider(provider))  # type: ignore[arg-type]
+class RedisRoundTripSpans:
+    """A client span for each round trip the cache store makes to Redis, inside traced
+    requests only (the store's ``round_trip`` hook).
+
+    Written here instead of using opentelemetry-instrumentation-redis, which wrapped every
+    command, formatted its arguments and built its attributes from the connection settings on
+    each call, traced or not. Measured on a cached read (in-process, this machine, against the
+    same app with no Redis spans at all), that instrumentation cost 46 us a request at 10%
+    sampling and 215 us at 100%; these spans cost 15 us and 124 us. They carry the database
+    semantic conventions (``db.system.name``, ``db.operation.name``, ``server.address``...) plus the
+    older ``db.system`` that the SQL spans carry too; the attributes are built once.
+    """
+
+    def __init__(self, tracer: trace.Tracer, connection: dict[str, Any]) -> None:
+        self._tracer = tracer
+        common: dict[str, str | int] = {
+            "db.system": "redis",
+            "db.system.name": "redis",
+            "db.namespace": str(connection.get("db") or 0),
+        }
+        if "path" in connection:
+            common["server.address"] = str(connection["path"])
+            common["network.transport"] = "unix"
+        else:
+            common["server.address"] = str(connection.get("host", "localhost"))
+            common["server.port"] = int(connection.get("port", 6379))
+        self._common = common
+        self._attributes: dict[tuple[str, int], dict[str, str | int]] = {}
+
+    def __call__(self, operation: str, commands: int) -> AbstractContextManager[object]:
+        if not trace.get_current_span().is_recording():
+            return _NO_SPAN
+        attributes = self._attributes.get((operation, commands))
+        if attributes is None:
+            attributes = {**self._common, "db.operation.name": operation}
+            if commands > 1:
+                attributes["db.operation.batch.size"] = commands
+            if len(self._attributes) < 64:  # batch sizes vary little; bound it anyway
+                self._attributes[(operation, commands)] = attributes
+        span = self._tracer.start_span(operation, kind=trace.SpanKind.CLIENT, attributes=attributes)
+        return _EndedOnExit(span)
+
+
+class _EndedOnExit:
+    """Ends a span on exit, recording the error that escaped, without making it current:
+    nothing runs inside a Redis round trip that could start a child."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> trace.Span:
+        return self._span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> None:
+        if error is not None:
+            self._span.record_exception(error)
+            self._span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+        self._span.end()
+
+
+_NO_SPAN = nullcontext()
+
+
+def trace_redis_store(store: RedisStore, provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("glasshouse.redis", __version__)
+    connection = store.client.connection_pool.connection_kwargs
+    store.round_trip = RedisRoundTripSpans(tracer, connection)
 
 
 class _RecordedTracesEngineTracer(EngineTracer):
