@@ -214,6 +214,8 @@ async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs:
     logging.getLogger("sqlalchemy.pool").warning(
         "reconnecting to postgresql://app:db-secret@db/app"
     )
+    # A token pasted into a URL: the access line's path is redacted too.
+    assert (await client.get(f"{API}/items/Bearer abc.def.ghi")).status_code == 401
     text = json_logs.path.read_text()
     for secret in (
         "hunter2",
@@ -230,6 +232,8 @@ async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs:
     line = next(line for line in json_logs.lines() if line["event"] == "with_secrets")
     assert line["headers"] == {"Authorization": "[redacted]", "Cookie": "[redacted]"}
     assert line["database"] == "postgresql+asyncpg://app:[redacted]@db:5432/app"
+    [pasted] = [line for line in json_logs.access_lines() if "Bearer" in line["path"]]
+    assert pasted["path"] == f"{API}/items/Bearer [redacted]"
     stdlib_line = next(line for line in json_logs.lines() if line["logger"] == "sqlalchemy.pool")
     assert stdlib_line["level"] == "warning"
     assert stdlib_line["event"] == "reconnecting to postgresql://app:[redacted]@db/app"

@@ -14,6 +14,7 @@ import logging
 import logging.config
 import re
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -42,7 +43,8 @@ SENSITIVE_KEYS = frozenset(
 )
 REDACTED = "[redacted]"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@", re.I)
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+# Also URL-encoded ("Bearer%20..."), as a URL with a pasted token shows up in client logs.
+_BEARER = re.compile(r"(Bearer(?:\s|%20)+)[A-Za-z0-9._~+/=-]+", re.I)
 
 
 def _redact_value(key: str, value: Any) -> Any:
@@ -99,7 +101,26 @@ def drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     return event_dict
 
 
-_add_timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+class _UtcTimestamper:
+    """Adds ``timestamp``: ISO 8601 in UTC with microseconds ("2026-11-25T01:26:06.814530Z"), as
+    structlog's TimeStamper(fmt="iso", utc=True) writes it, but with the date and time of day
+    formatted once a second instead of on every line (5 us of the 20 us an access line took)."""
+
+    def __init__(self) -> None:
+        # One tuple, replaced whole: a thread never sees one second's prefix with another's.
+        self._second_and_prefix: tuple[int, str] = (-1, "")
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        cached_second, prefix = self._second_and_prefix
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second_and_prefix = (second, prefix)
+        event_dict["timestamp"] = f"{prefix}.{nanoseconds // 1000:06d}Z"
+        return event_dict
+
+
+_add_timestamp = _UtcTimestamper()
 
 
 def _shared_processors() -> list[Processor]:
@@ -171,13 +192,18 @@ def write_access_line(fields: dict[str, Any], *, failed: bool) -> None:
         return
     if (logging.ERROR if failed else logging.INFO) < output.level:
         return
-    line = {"event": "request", **fields}
-    structlog.contextvars.merge_contextvars(None, "", line)
+    # Redaction where a secret could come from: what code bound to the request's context,
+    # and the path the client sent. The other fields are numbers and names this service made.
+    line = redact_secrets(None, "", structlog.contextvars.get_contextvars())
+    path = fields.get("path")
+    if isinstance(path, str) and ("://" in path or "earer" in path):
+        fields["path"] = _redact_text(path)
+    line.update(fields)  # as merge_contextvars: the line's own fields win over the context
+    line["event"] = "request"
     line["level"] = "error" if failed else "info"
     line["logger"] = "glasshouse.access"
     add_trace_context(None, "", line)
     _add_timestamp(None, "", line)
-    redact_secrets(None, "", line)
     output.write(orjson.dumps(line, default=str) + b"\n")
 
 
