@@ -47,7 +47,7 @@ def make_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings.database)
-        observability.observe_engine(engine, settings, tracer_provider)
+        observability.observe_engine(app, engine, settings, tracer_provider)
         caches = build_caches(settings)
         observability.observe_cache(caches, tracer_provider)
         try:

@@ -1,6 +1,7 @@
 """What keeps observability cheap must not change what it reports: batched HTTP metrics add up
-to what was served, root sampling keeps the configured share of traces (and respects an
-upstream decision), and the access line honours the log level."""
+to what was served, pool gauges are read when they are flushed, root sampling keeps the
+configured share of traces (and respects an upstream decision), and the access line honours
+the log level."""
 
 import asyncio
 import json
@@ -13,6 +14,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
@@ -95,6 +97,29 @@ async def traced_requests(
                 response = await client.get(f"{API}/items/{item['id']}", headers=headers)
                 assert response.status_code == 200
     return exporter
+
+
+async def test_pool_gauges_are_sampled_when_metrics_are_flushed(
+    database_url: str, empty_database: AsyncEngine
+) -> None:
+    settings = make_settings(database_url)
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        engine: AsyncEngine = manager._state["engine"]
+        http_metrics: HttpMetrics = app.state.http_metrics
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            http_metrics.flush()
+            while_held = sample("glasshouse_db_pool_connections", state="in_use")
+        http_metrics.flush()
+        after_release = sample("glasshouse_db_pool_connections", state="in_use")
+    if settings.database.is_sqlite:
+        assert while_held == after_release  # no server connections to count: not sampled
+    else:
+        assert (while_held, after_release) == (1, 0)
+        assert sample("glasshouse_db_pool_size") == (
+            settings.database.pool_size + settings.database.max_overflow
+        )
 
 
 async def test_unsampled_requests_make_no_spans_at_all(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.observability import metrics
@@ -47,6 +48,12 @@ class HttpMetrics:
         self._in_progress: dict[str, int] = {}
         self._tallies: dict[tuple[str, str, str], _Tally] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._samplers: list[Callable[[], None]] = []
+
+    def sample_on_flush(self, sampler: Callable[[], None]) -> None:
+        """Runs ``sampler`` at every flush: for gauges of state that only requests change (the
+        database pool's), read at the same moments instead of written on every change."""
+        self._samplers.append(sampler)
 
     def started(self, method: str) -> None:
         method = method_label(method)
@@ -109,3 +116,5 @@ class HttpMetrics:
                 child._sum.inc(total)
         for method, in_progress in self._in_progress.items():
             metrics.HTTP_IN_PROGRESS.labels(method).set(in_progress)
+        for sampler in self._samplers:
+            sampler()

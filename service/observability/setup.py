@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -89,13 +88,13 @@ def flush_http_metrics(app: FastAPI) -> None:
 
 
 def observe_engine(
-    engine: AsyncEngine, settings: Settings, provider: TracerProvider | None
+    app: FastAPI, engine: AsyncEngine, settings: Settings, provider: TracerProvider | None
 ) -> None:
     if provider is not None:
         tracing.instrument_engine(engine, provider)
-    observed = settings.observability.enabled and settings.observability.metrics
-    if observed and not settings.database.is_sqlite:
-        _track_pool(engine, settings)
+    http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
+    if http_metrics is not None and not settings.database.is_sqlite:
+        _sample_pool(engine, settings, http_metrics)
 
 
 def observe_cache(caches: Caches, provider: TracerProvider | None) -> None:
@@ -104,18 +103,22 @@ def observe_cache(caches: Caches, provider: TracerProvider | None) -> None:
         tracing.trace_redis_store(store, provider)
 
 
-def _track_pool(engine: AsyncEngine, settings: Settings) -> None:
+def _sample_pool(engine: AsyncEngine, settings: Settings, http_metrics: HttpMetrics) -> None:
+    """Pool gauges, read whenever the HTTP metrics are flushed (every second under load, and
+    before an in-process scrape). Setting them on every checkout and checkin instead cost four
+    locked file writes and two event dispatches per database request: 50-65 us of an uncached
+    read in-process. A scrape reads a point in time either way."""
     pool: Any = engine.sync_engine.pool
     metrics.DB_POOL_SIZE.set(settings.database.pool_size + settings.database.max_overflow)
     in_use = metrics.DB_POOL_CONNECTIONS.labels(state="in_use")
     overflow = metrics.DB_POOL_CONNECTIONS.labels(state="overflow")
 
-    def update(*_: Any) -> None:
+    def sample() -> None:
         in_use.set(pool.checkedout())
         overflow.set(max(pool.overflow(), 0))
 
-    event.listen(engine.sync_engine, "checkout", update)
-    event.listen(engine.sync_engine, "checkin", update)
+    sample()
+    http_metrics.sample_on_flush(sample)
 
 
 def shutdown_tracing(provider: TracerProvider | None, settings: Settings) -> None:
