@@ -1,7 +1,7 @@
 from typing import Annotated
 
 import structlog
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -9,7 +9,7 @@ from service.auth import sessions
 from service.auth.principal import Principal
 from service.auth.security import AccessClaims
 from service.cache.scoped import Lookup, UserScopedCache
-from service.dependencies import AccessTokensDep, AuthCacheDep, SessionDep
+from service.dependencies import AuthCacheDep, SessionDep, state_of
 from service.errors import AuthenticationError, ForbiddenError, InactiveUserError, InvalidTokenError
 from service.users.models import Role, User
 
@@ -20,11 +20,13 @@ _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 
 
 async def get_access_claims(
-    access_tokens: AccessTokensDep, token: Annotated[str | None, Depends(_bearer)]
+    request: Request, token: Annotated[str | None, Depends(_bearer)]
 ) -> AccessClaims:
+    # The codec from the state directly, not as one more dependency: FastAPI solves every
+    # node of the graph again on each request, and this one is on every authenticated route.
     if not token:
         raise AuthenticationError()
-    return access_tokens.decode(token)
+    return state_of(request)["access_tokens"].decode(token)
 
 
 AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]

@@ -8,8 +8,8 @@ from service.auth.dependencies import AccessClaimsDep, CurrentPrincipal, princip
 from service.auth.principal import Principal
 from service.auth.security import AccessClaims
 from service.cache.responses import json_with_etag, wants_fresh
-from service.cache.scoped import MISS_UNAVAILABLE, Lookup, UserScopedCache, read_pair
-from service.dependencies import AuthCacheDep, ItemCacheDep, SessionDep, read_session
+from service.cache.scoped import MISS_UNAVAILABLE, Lookup, read_pair
+from service.dependencies import ItemCacheDep, SessionDep, read_session, state_of
 from service.items import service
 from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
@@ -27,15 +27,15 @@ _cached: dict[int | str, dict[str, Any]] = {
 
 
 async def _viewer_and_lookup(
-    request: Request,
-    claims: AccessClaims,
-    session: AsyncSession,
-    auth_cache: UserScopedCache,
-    cache: UserScopedCache,
-    key: str,
+    request: Request, claims: AccessClaims, session: AsyncSession, key: str
 ) -> tuple[Principal, Lookup]:
     """The viewer, and the viewer's cached answer, in one cache round trip. Admins read
-    through: their views span every owner, and the cache is scoped to one owner's data."""
+    through: their views span every owner, and the cache is scoped to one owner's data.
+
+    The read routes take the caches from the state here rather than as dependencies: two
+    fewer nodes for FastAPI to solve on the hottest requests."""
+    caches = state_of(request)["caches"]
+    auth_cache, cache = caches.auth, caches.items
     auth_lookup, lookup = await read_pair(
         auth_cache, (claims.user_id, claims.session_id), cache, (claims.user_id, key)
     )
@@ -67,8 +67,6 @@ async def create_item(
 async def list_items(
     request: Request,
     claims: AccessClaimsDep,
-    auth_cache: AuthCacheDep,
-    cache: ItemCacheDep,
     page: Annotated[PageParams, Depends(page_params)],
     item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
     priority: Annotated[int | None, Query(ge=1, le=5)] = None,
@@ -88,7 +86,7 @@ async def list_items(
     query = f"{item_status}|{priority}|{q}|{owner_id}|{sort.value}|{page.limit}|{page.offset}"
     key = "list:" + hashlib.sha256(query.encode()).hexdigest()[:32]
     async with read_session(request) as session:
-        viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
+        viewer, lookup = await _viewer_and_lookup(request, claims, session, key)
         if lookup.value is not None:
             return json_with_etag(request, lookup.value)
         items, total = await service.list_items(
@@ -100,7 +98,7 @@ async def list_items(
         limit=page.limit,
         offset=page.offset,
     ).model_dump_json()
-    await cache.write(viewer.id, key, lookup, body.encode())
+    await state_of(request)["caches"].items.write(viewer.id, key, lookup, body.encode())
     return json_with_etag(request, body.encode())
 
 
@@ -110,21 +108,15 @@ async def list_items(
     summary="Get one item",
     responses={**_not_found, **_cached},
 )
-async def get_item(
-    request: Request,
-    item_id: ItemId,
-    claims: AccessClaimsDep,
-    auth_cache: AuthCacheDep,
-    cache: ItemCacheDep,
-) -> Response:
+async def get_item(request: Request, item_id: ItemId, claims: AccessClaimsDep) -> Response:
     key = f"item:{item_id}"
     async with read_session(request) as session:
-        viewer, lookup = await _viewer_and_lookup(request, claims, session, auth_cache, cache, key)
+        viewer, lookup = await _viewer_and_lookup(request, claims, session, key)
         if lookup.value is not None:
             return json_with_etag(request, lookup.value)
         item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
     body = ItemRead.model_validate(item).model_dump_json().encode()
-    await cache.write(viewer.id, key, lookup, body)
+    await state_of(request)["caches"].items.write(viewer.id, key, lookup, body)
     return json_with_etag(request, body)
 
 
