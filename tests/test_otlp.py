@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags, TraceState
@@ -22,9 +22,11 @@ from service.observability.otlp import FastOtlpSpanExporter, encode_trace_reques
 from tests.processes import running_otlp_sink
 
 
-def _provider(resource: Resource) -> tuple[TracerProvider, InMemorySpanExporter]:
+def _provider(
+    resource: Resource, limits: SpanLimits | None = None
+) -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
 
@@ -119,7 +121,21 @@ def spans() -> list[ReadableSpan]:
             span.set_attribute("x", value)
     with other.start_as_current_span("consumer", kind=trace.SpanKind.CONSUMER):
         pass
-    return [*exporter.get_finished_spans(), *other_exporter.get_finished_spans()]
+    # Over the limits: the counts of what was dropped travel with the span.
+    limited_provider, limited_exporter = _provider(
+        Resource.create({}), SpanLimits(max_span_attributes=1, max_events=1, max_links=1)
+    )
+    with limited_provider.get_tracer("limited").start_as_current_span(
+        "crowded", links=[Link(remote_parent), Link(remote_parent)]
+    ) as crowded:
+        crowded.set_attributes({"one": 1, "two": 2, "three": 3})
+        crowded.add_event("first")
+        crowded.add_event("second")
+    return [
+        *exporter.get_finished_spans(),
+        *other_exporter.get_finished_spans(),
+        *limited_exporter.get_finished_spans(),
+    ]
 
 
 def test_encodes_what_the_sdk_encodes(spans: list[ReadableSpan]) -> None:
@@ -127,8 +143,19 @@ def test_encodes_what_the_sdk_encodes(spans: list[ReadableSpan]) -> None:
 
 
 def test_links_keep_their_trace_state(spans: list[ReadableSpan]) -> None:
-    [link] = _links(_decoded(spans))
-    assert link.trace_state == "vendor=opaque,other=x"
+    assert {link.trace_state for link in _links(_decoded(spans))} == {"vendor=opaque,other=x"}
+
+
+def test_dropped_counts_are_sent(spans: list[ReadableSpan]) -> None:
+    [crowded] = [
+        span
+        for resource_spans in _decoded(spans).resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+        if span.name == "crowded"
+    ]
+    assert (crowded.dropped_attributes_count, crowded.dropped_events_count) == (2, 1)
+    assert crowded.dropped_links_count == 1
 
 
 def test_each_span_alone_and_all_twice(spans: list[ReadableSpan]) -> None:
