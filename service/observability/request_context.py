@@ -104,10 +104,9 @@ class RequestContextMiddleware:
                 request_bytes = int(value)
         request_id = accepted_request_id(inbound)
         scope.setdefault("state", {})["request_id"] = request_id
+        # The span's attributes, the request ID among them, are set once by TracingMiddleware.
         span = trace.get_current_span()
         span_context = span.get_span_context()
-        if span.is_recording():
-            span.set_attribute("http.request_id", request_id)
 
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)

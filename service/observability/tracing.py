@@ -189,6 +189,8 @@ class TracingMiddleware:
         }
         if route:
             attributes["http.route"] = route
+        if request_id := scope.get("state", {}).get("request_id"):
+            attributes["http.request_id"] = request_id  # RequestContextMiddleware's
         if client := scope.get("client"):
             attributes["client.address"] = client[0]
         if server := scope.get("server"):
