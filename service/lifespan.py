@@ -73,7 +73,7 @@ def make_lifespan(
             lifecycle.begin_draining()
             await caches.close()
             await engine.dispose()
-            observability.flush_http_metrics(app)
+            observability.flush_buffers(app)
             # Last, so that spans of the shutdown itself are flushed too.
             observability.shutdown_tracing(tracer_provider, settings)
             log.info("shutdown_complete")

@@ -217,6 +217,15 @@ class ObservabilitySettings(BaseModel):
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], Field(description="Lowest level logged.")
     ] = "INFO"
     access_log: Annotated[bool, Field(description="One canonical log line per request.")] = True
+    access_log_flush_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description="How long JSON access lines may wait in the output buffer (0: written "
+            "at once); any other log line and shutdown flush them too.",
+        ),
+    ] = 1.0
     metrics: Annotated[bool, Field(description="Record Prometheus metrics.")] = True
     metrics_flush_seconds: Annotated[
         float,

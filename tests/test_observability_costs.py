@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 from asgi_lifespan import LifespanManager
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
@@ -20,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.main import create_app
 from service.observability import tracing
 from service.observability.http_metrics import HttpMetrics
-from service.observability.logging import configure_logging, reset_logging
+from service.observability.logging import (
+    configure_logging,
+    flush_logs,
+    reset_logging,
+    write_access_line,
+)
 from service.settings import ObservabilitySettings, OtelSettings
 from tests.conftest import make_settings
 from tests.factories import API, make_account, make_item
@@ -170,6 +176,31 @@ async def test_access_line_follows_the_log_level(
             logging.getLogger().handlers.clear()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert not [line for line in lines if line.get("logger") == "glasshouse.access"]
+
+
+async def test_access_lines_wait_in_the_buffer_but_never_out_of_order(tmp_path: Path) -> None:
+    path = tmp_path / "service.log"
+
+    def logged() -> list[str]:
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return [line.get("path") or line["event"] for line in lines]
+
+    with path.open("w") as stream:
+        configure_logging(json=True, stream=stream, cache_loggers=False, access_flush_seconds=0.2)
+        try:
+            write_access_line({"path": "/first", "status": 200}, failed=False)
+            assert logged() == []  # buffered
+            await asyncio.sleep(0.4)
+            assert logged() == ["/first"]  # flushed by the timer
+            write_access_line({"path": "/second", "status": 200}, failed=False)
+            structlog.get_logger("tests").info("domain_event")  # flushes what waits before it
+            assert logged() == ["/first", "/second", "domain_event"]
+            write_access_line({"path": "/last", "status": 200}, failed=False)
+            flush_logs()  # as the lifespan does at shutdown
+            assert logged() == ["/first", "/second", "domain_event", "/last"]
+        finally:
+            reset_logging()
+            logging.getLogger().handlers.clear()
 
 
 @pytest.mark.parametrize(

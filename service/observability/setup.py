@@ -19,7 +19,7 @@ from service.cache.setup import Caches
 from service.cache.store import RedisStore
 from service.observability import metrics, tracing
 from service.observability.http_metrics import HttpMetrics
-from service.observability.logging import configure_logging
+from service.observability.logging import configure_logging, flush_logs
 from service.observability.request_context import RequestContextMiddleware, RouteTemplates
 from service.settings import Environment, Settings
 
@@ -31,7 +31,11 @@ log = structlog.get_logger(__name__)
 def configure_process_logging(settings: Settings) -> None:
     # Tests configure logging themselves, with their own stream.
     if settings.environment is not Environment.test:
-        configure_logging(json=settings.json_logs, level=settings.observability.log_level)
+        configure_logging(
+            json=settings.json_logs,
+            level=settings.observability.log_level,
+            access_flush_seconds=settings.observability.access_log_flush_seconds,
+        )
 
 
 def create_tracer_provider(
@@ -53,7 +57,7 @@ def install_outer_middleware(
     if settings.observability.metrics:
         metrics.initialize_series(version=__version__, build=BUILD)
         http_metrics = HttpMetrics(flush_seconds=settings.observability.metrics_flush_seconds)
-        # The lifespan flushes it at shutdown (flush_http_metrics).
+        # The lifespan flushes it at shutdown (flush_buffers).
         app.state.http_metrics = http_metrics
     routes = RouteTemplates(app)
     app.add_middleware(
@@ -81,10 +85,12 @@ def install_outer_middleware(
         )
 
 
-def flush_http_metrics(app: FastAPI) -> None:
+def flush_buffers(app: FastAPI) -> None:
+    """At shutdown: batched HTTP metrics and buffered access lines."""
     http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
     if http_metrics is not None:
         http_metrics.flush()
+    flush_logs()
 
 
 def observe_engine(
