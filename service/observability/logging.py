@@ -15,6 +15,7 @@ import logging
 import logging.config
 import re
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -143,15 +144,93 @@ def _json_dumps_bytes(obj: Any, **_: Any) -> bytes:
     return orjson.dumps(obj, default=str)
 
 
+class _JsonOutput:
+    """The one writer of JSON lines, as configure_logging set it up: structlog's loggers, the
+    standard library's handler and the access line all write through it, in order.
+
+    Access lines may wait: a write to a file or pipe per request cost the worker 10-15 us under
+    load (py-spy), and with PYTHONUNBUFFERED=1, as in the image, every write to stdout is one
+    system call. So they are kept here and written together every ``flush_seconds``, at
+    shutdown, and before any other line (the order holds). nginx's ``access_log ... buffer=
+    flush=`` makes the same trade: a worker killed with SIGKILL loses at most that much of its
+    access log."""
+
+    def __init__(self, stream: TextIO, level: int, flush_seconds: float) -> None:
+        self._bytes = stream.buffer
+        self.level = level
+        self.flush_seconds = flush_seconds
+        self._waiting: list[bytes] = []
+        # Lines also come from other threads (the span exporter's warnings).
+        self._lock = threading.Lock()
+        self._flush_timer: asyncio.TimerHandle | None = None
+
+    def write(self, data: bytes) -> None:
+        """Writes now, after whatever access lines are waiting."""
+        with self._lock:
+            if self._waiting:
+                self._waiting.append(data)
+                data = b"".join(self._waiting)
+                self._waiting.clear()
+            self._bytes.write(data)
+            self._bytes.flush()
+
+    def write_later(self, line: bytes) -> None:
+        if self.flush_seconds <= 0:
+            self.write(line)
+            return
+        with self._lock:
+            self._waiting.append(line)
+        if self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not in the event loop: nothing would flush it later
+                self.flush()
+                return
+            self._flush_timer = loop.call_later(self.flush_seconds, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        with self._lock:
+            if self._waiting:
+                self._bytes.write(b"".join(self._waiting))
+                self._waiting.clear()
+            self._bytes.flush()
+
+
+class _BinaryFile:
+    """What structlog's BytesLogger writes to: the output (its flush() has nothing to do)."""
+
+    def __init__(self, output: _JsonOutput) -> None:
+        self.write = output.write
+
+    def flush(self) -> None:
+        pass
+
+
+class _TextFile:
+    """What the standard library's StreamHandler writes to: the output, encoded."""
+
+    def __init__(self, output: _JsonOutput) -> None:
+        self._output = output
+
+    def write(self, text: str) -> None:
+        self._output.write(text.encode())
+
+    def flush(self) -> None:
+        pass
+
+
 class _NamedBytesLoggerFactory:
     """Like structlog.BytesLoggerFactory, but keeps the name given to get_logger(__name__)."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+    def __init__(self, file: _BinaryFile) -> None:
+        self._file = file
 
     def __call__(self, *args: Any) -> structlog.BytesLogger:
         name = args[0] if args and isinstance(args[0], str) else None
-        return structlog.BytesLogger(self._stream.buffer, name=name)
+        return structlog.BytesLogger(self._file, name=name)  # type: ignore[arg-type]
 
 
 class _NamedWriteLoggerFactory:
@@ -162,43 +241,6 @@ class _NamedWriteLoggerFactory:
         logger = structlog.WriteLogger(self._stream)
         logger.name = args[0] if args and isinstance(args[0], str) else None  # type: ignore[attr-defined]
         return logger
-
-
-class _JsonOutput:
-    """Where JSON lines go, as configure_logging set it up: the byte stream structlog's own
-    loggers write to.
-
-    Access lines are not flushed one by one: a write to a file or pipe per request cost 10-15 us
-    in the worker (py-spy, under load), so they collect in the stream's buffer and are flushed
-    every ``flush_seconds``, when the buffer fills, at shutdown, and by any other log line (they
-    share the buffer, so the order holds). nginx's ``access_log ... buffer= flush=`` makes the
-    same trade: a worker killed with SIGKILL loses at most that much of its access log."""
-
-    def __init__(self, stream: TextIO, level: int, flush_seconds: float) -> None:
-        self.buffer = stream.buffer
-        self.level = level
-        self.flush_seconds = flush_seconds
-        self._flush_timer: asyncio.TimerHandle | None = None
-
-    def write(self, line: bytes) -> None:
-        # One whole line per call: the buffered writer's own lock keeps lines from other
-        # threads (the span exporter's warnings) from interleaving with it.
-        self.buffer.write(line)
-        if self.flush_seconds <= 0:
-            self.buffer.flush()
-        elif self._flush_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not in a request: nothing would flush it later
-                self.buffer.flush()
-                return
-            self._flush_timer = loop.call_later(self.flush_seconds, self.flush)
-
-    def flush(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        self.buffer.flush()
 
 
 _json_output: _JsonOutput | None = None
@@ -227,7 +269,7 @@ def write_access_line(fields: dict[str, Any], *, failed: bool) -> None:
     line["logger"] = "glasshouse.access"
     add_trace_context(None, "", line)
     _add_timestamp(None, "", line)
-    output.write(orjson.dumps(line, default=str) + b"\n")
+    output.write_later(orjson.dumps(line, default=str) + b"\n")
 
 
 def flush_logs() -> None:
@@ -266,9 +308,11 @@ def configure_logging(
         structlog.processors.dict_tracebacks if json else structlog.dev.set_exc_info
     )
     renderer: Processor
-    if json:
+    stdlib_stream: Any = stream
+    if _json_output is not None:
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps_bytes)
-        logger_factory: Any = _NamedBytesLoggerFactory(stream)
+        logger_factory: Any = _NamedBytesLoggerFactory(_BinaryFile(_json_output))
+        stdlib_stream = _TextFile(_json_output)
     else:
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = _NamedWriteLoggerFactory(stream)
@@ -283,7 +327,7 @@ def configure_logging(
         logger_factory=logger_factory,
         cache_logger_on_first_use=cache_loggers,
     )
-    logging.config.dictConfig(stdlib_logging_config(json=json, level=level, stream=stream))
+    logging.config.dictConfig(stdlib_logging_config(json=json, level=level, stream=stdlib_stream))
 
 
 def stdlib_formatter(json: bool = True) -> structlog.stdlib.ProcessorFormatter:
