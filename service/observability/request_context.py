@@ -108,7 +108,8 @@ class RequestContextMiddleware:
         span = trace.get_current_span()
         span_context = span.get_span_context()
 
-        structlog.contextvars.clear_contextvars()
+        # Cleared once, when the request ends (below): a server runs each request in a fresh
+        # copy of its context anyway, and a caller that reuses one gets it back clean.
         structlog.contextvars.bind_contextvars(request_id=request_id)
         probe = is_probe(scope["path"])
         measured = self.http_metrics is not None and not probe
