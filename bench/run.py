@@ -10,6 +10,8 @@ and a bare FastAPI app as the ceiling. Then, round after round, alternating the 
   c  item create           POST /api/v1/items
   d  trivial endpoint      GET /api/v1/info
 
+wrk runs on the first CPU and every measured worker on the last, so that each variant gets
+the same placement. Spans left queued when a traced run ends are sent before the next run.
 It prints a table of ratios and writes the numbers to JSON. A benchmark, not a test: it
 checks nothing, it measures. Run it with `make bench` (see the README for the latest table).
 """
@@ -187,6 +189,21 @@ def worker_rss_mb(server: Gunicorn) -> float:
     return total
 
 
+def pin_load_generator() -> None:
+    """wrk (started from here) on the first CPU, every measured worker on the last: each
+    variant runs with the same placement instead of wherever the scheduler put it, which moved
+    a single run's ratios by up to 0.15 on this machine."""
+    if len(os.sched_getaffinity(0)) >= 2:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def pin_workers(server: Gunicorn) -> None:
+    cpus = os.sched_getaffinity(server.process.pid)
+    if len(cpus) >= 2:
+        for pid in server.worker_pids():
+            os.sched_setaffinity(pid, {max(cpus)})
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
@@ -244,6 +261,7 @@ def main() -> int:
                 )
             )
             targets[name] = Target(name, server, startup_seconds=time.perf_counter() - started)
+            pin_workers(server)
             prepare(targets[name])
         bare = stack.enter_context(
             running_gunicorn(
@@ -254,6 +272,8 @@ def main() -> int:
                 GLASSHOUSE_OBSERVABILITY__ENABLED="false",
             )
         )
+        pin_workers(bare)
+        pin_load_generator()  # after the servers started: they must not inherit it
 
         for round_number in range(args.rounds):
             order = VARIANTS if round_number % 2 == 0 else tuple(reversed(VARIANTS))
