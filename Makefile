@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test lint format typecheck check migrate bench load drills fuzz
+.PHONY: help uv install tools run test lint format typecheck check migrate bench bench-inprocess load drills fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,8 +40,11 @@ check: lint typecheck test  ## Everything CI runs
 migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
 	$(RUN) alembic upgrade head
 
-bench: install tools  ## Measure what observability costs (about 6 minutes; writes bench/results/latest.json)
+bench: install tools  ## Measure what observability costs (about 7 minutes; writes bench/results/latest.json)
 	$(RUN) python bench/run.py
+
+bench-inprocess: install  ## CPU time per request of each variant, in one process (about 2 minutes)
+	$(RUN) python bench/inprocess.py
 
 load: install  ## Load test: the whole service under locust (USERS, DURATION, SHAPE)
 	$(RUN) python loadtests/run.py --users $(or $(USERS),20) --duration $(or $(DURATION),30s) --shape $(or $(SHAPE),steady)

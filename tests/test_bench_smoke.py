@@ -42,3 +42,22 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     assert report["medians"]["bare/a"]["rps"] > 0
     assert report["spans_received_by_sink"] > 0  # the "on" variants really exported traces
     assert set(report["worker_rss_mb"]) == {"off", "on-100%", "on-10%"}
+
+
+def test_in_process_benchmark_runs_and_reports_every_ratio() -> None:
+    completed = subprocess.run(
+        [sys.executable, "bench/inprocess.py", "--cycles", "2", "--requests", "3"],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stderr.splitlines()
+    rows = [line.split() for line in lines if line[:2] in {"a ", "b ", "c ", "d "}]
+    assert [row[0] for row in rows] == ["a", "b", "c", "d"]
+    for row in rows:
+        ratios = [float(value) for value in row[-2:]]
+        assert all(ratio > 0 for ratio in ratios), row
