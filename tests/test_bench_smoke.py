@@ -9,21 +9,9 @@ from pathlib import Path
 from tests.processes import REPO, base_env
 
 
-def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
-    result_file = tmp_path / "bench.json"
+def run_bench(*arguments: str) -> subprocess.CompletedProcess[str]:
     completed = subprocess.run(
-        [
-            sys.executable,
-            "bench/run.py",
-            "--rounds",
-            "1",
-            "--seconds",
-            "1",
-            "--steady-seconds",
-            "1",
-            "--json",
-            str(result_file),
-        ],
+        [sys.executable, *arguments],
         cwd=REPO,
         env=base_env(),
         capture_output=True,
@@ -32,6 +20,16 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    result_file = tmp_path / "bench.json"
+    completed = run_bench(
+        "bench/run.py",
+        *("--rounds", "1", "--seconds", "1", "--steady-seconds", "1"),
+        *("--json", str(result_file)),
+    )
     assert "cached read on-10% / bare" in completed.stdout
     report = json.loads(result_file.read_text())
     for variant in ("off", "on-100%", "on-10%"):
@@ -45,16 +43,7 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
 
 
 def test_in_process_benchmark_runs_and_reports_every_ratio() -> None:
-    completed = subprocess.run(
-        [sys.executable, "bench/inprocess.py", "--cycles", "2", "--requests", "3"],
-        cwd=REPO,
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = run_bench("bench/inprocess.py", "--cycles", "2", "--requests", "3")
     lines = completed.stderr.splitlines()
     rows = [line.split() for line in lines if line[:2] in {"a ", "b ", "c ", "d "}]
     assert [row[0] for row in rows] == ["a", "b", "c", "d"]

@@ -93,19 +93,27 @@ _STRING, _BOOL, _INT, _DOUBLE = _tag(1, _LEN), _tag(2, _VARINT), _tag(3, _VARINT
 _ARRAY, _KVLIST, _BYTES = _tag(5, _LEN), _tag(6, _LEN), _tag(7, _LEN)
 _LIST_VALUE = _tag(1, _LEN)  # ArrayValue.values and KeyValueList.values
 
-# Attribute keys repeat on every span: their encoded form is kept, up to a bound, so that a
-# key made up at run time cannot grow the table without limit.
-_encoded_keys: dict[str, bytes] = {}
-_MAX_ENCODED_KEYS = 2048
+
+class _EncodedStrings:
+    """A string field's encoded form (tag, length, UTF-8), kept for strings that repeat, up to a
+    bound, so that strings made up at run time cannot grow the table without limit."""
+
+    def __init__(self, tag: bytes, most: int) -> None:
+        self._tag = tag
+        self._most = most
+        self._known: dict[str, bytes] = {}
+
+    def __call__(self, text: str) -> bytes:
+        encoded = self._known.get(text)
+        if encoded is None:
+            encoded = _len_field(self._tag, text.encode())
+            if len(self._known) < self._most:
+                self._known[text] = encoded
+        return encoded
 
 
-def _key(key: str) -> bytes:
-    encoded = _encoded_keys.get(key)
-    if encoded is None:
-        encoded = _len_field(_KEY, key.encode())
-        if len(_encoded_keys) < _MAX_ENCODED_KEYS:
-            _encoded_keys[key] = encoded
-    return encoded
+# Attribute keys repeat on every span.
+_key = _EncodedStrings(_KEY, most=2048)
 
 
 def _any_value(value: Any) -> bytes:
@@ -226,17 +234,7 @@ _FLAGS_LOCAL_PARENT = _SPAN_FLAGS + _PACK_FIXED32(_HAS_IS_REMOTE)
 _FLAGS_REMOTE_PARENT = _SPAN_FLAGS + _PACK_FIXED32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 # Span names are route templates, command names and statements: few, and repeated.
-_encoded_names: dict[str, bytes] = {}
-_MAX_ENCODED_NAMES = 1024
-
-
-def _name(name: str) -> bytes:
-    encoded = _encoded_names.get(name)
-    if encoded is None:
-        encoded = _len_field(_SPAN_NAME, name.encode())
-        if len(_encoded_names) < _MAX_ENCODED_NAMES:
-            _encoded_names[name] = encoded
-    return encoded
+_name = _EncodedStrings(_SPAN_NAME, most=1024)
 
 
 def encode_span(span: ReadableSpan) -> bytes:
