@@ -12,8 +12,7 @@ import random
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import structlog
@@ -227,36 +226,6 @@ def tracer_for_requests(provider: TracerProvider) -> trace.Tracer:
     return provider.get_tracer("glasshouse.http", __version__)
 
 
-class _ChildSpansOnlyTracer:
-    """Starts spans only inside a recorded trace. Statements run outside a traced request
-    (readiness checks, startup, migrations) would otherwise each become a one-span trace, and
-    inside a request whose trace is not recorded, a child could only be dropped."""
-
-    def __init__(self, tracer: trace.Tracer) -> None:
-        self._tracer = tracer
-
-    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
-        if not trace.get_current_span().is_recording():
-            return trace.INVALID_SPAN
-        return self._tracer.start_span(*args, **kwargs)
-
-    @contextmanager
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:
-        if not trace.get_current_span().is_recording():
-            yield trace.INVALID_SPAN
-            return
-        with self._tracer.start_as_current_span(*args, **kwargs) as span:
-            yield span
-
-
-class _ChildSpansOnlyProvider:
-    def __init__(self, provider: TracerProvider) -> None:
-        self._provider = provider
-
-    def get_tracer(self, *args: Any, **kwargs: Any) -> _ChildSpansOnlyTracer:
-        return _ChildSpansOnlyTracer(self._provider.get_tracer(*args, **kwargs))
-
-
 class RedisRoundTripSpans:
     """A client span for each round trip the cache store makes to Redis, inside traced
     requests only (the store's ``round_trip`` hook).
@@ -331,9 +300,26 @@ def trace_redis_store(store: RedisStore, provider: TracerProvider) -> None:
 
 
 class _RecordedTracesEngineTracer(EngineTracer):
-    """The instrumentation parses the engine URL and the statement, and enters a span context,
+    """SQL spans only inside a recorded trace, and no other work.
+
+    The instrumentation parses the engine URL and the statement, and enters a span context,
     before it learns that its span will not be recorded: work spent on every statement of the
-    requests that are not traced. This returns before any of that."""
+    requests that are not traced, and a one-span trace for each statement run outside a
+    request (readiness checks, startup, migrations). ``_before_cur_exec`` returns before any
+    of that. It also counts pool connections on every checkout and checkin, for a meter this
+    service gives it as a no-op (pool gauges are ours: observability/setup.py): 10 us of
+    listeners per database request, not registered here.
+    """
+
+    _POOL_USAGE_EVENTS = frozenset({"connect", "close", "checkin", "checkout"})
+
+    @classmethod
+    def _register_event_listener(
+        cls, target: Any, identifier: str, func: Any, *args: Any, **kw: Any
+    ) -> None:
+        if identifier in cls._POOL_USAGE_EVENTS:
+            return
+        super()._register_event_listener(target, identifier, func, *args, **kw)  # type: ignore[no-untyped-call]
 
     def _before_cur_exec(
         self, conn: Any, cursor: Any, statement: Any, params: Any, *rest: Any
@@ -346,11 +332,9 @@ class _RecordedTracesEngineTracer(EngineTracer):
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
     """DB spans for this engine only (the instrumentor's global patching would tie every
     engine in the process to the first provider)."""
-    tracer = _ChildSpansOnlyProvider(provider).get_tracer(
-        "opentelemetry.instrumentation.sqlalchemy", __version__
-    )
-    connections = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
-    _RecordedTracesEngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
+    tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
+    unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
+    _RecordedTracesEngineTracer(tracer, engine.sync_engine, unused)  # type: ignore[no-untyped-call]
 
 
 def shutdown_tracer_provider(provider: TracerProvider, timeout_seconds: float) -> None:
