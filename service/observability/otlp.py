@@ -86,6 +86,7 @@ _SPAN_LINK = _tag(13, _LEN)
 _SPAN_DROPPED_LINKS = _tag(14, _VARINT)
 _SPAN_STATUS = _tag(15, _LEN)
 _SPAN_FLAGS = _tag(16, _FIXED32)
+_SPAN_IN_SCOPE = _tag(2, _LEN)  # ScopeSpans.spans
 
 _KEY = _tag(1, _LEN)  # KeyValue.key
 _VALUE = _tag(2, _LEN)  # KeyValue.value
@@ -155,19 +156,22 @@ def _key_value(key: str, value: Any) -> bytes:
     return _key(key) + _len_field(_VALUE, _any_value(value))
 
 
+def _attribute(tag: bytes, key: str, value: Any) -> bytes | None:
+    """One KeyValue field, or None for a value the protocol cannot carry: as the SDK's encoder
+    does, the attribute is left out (and logged), the span is not."""
+    try:
+        pair = _key_value(key, value)
+    except TypeError:
+        _logger.exception("Failed to encode key %s", key)
+        return None
+    return tag + _varint(len(pair)) + pair
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
     if not attributes:
         return []
-    encoded = []
-    for key, value in attributes.items():
-        try:
-            pair = _key_value(key, value)
-        except TypeError:
-            # As the SDK's encoder does: the attribute is left out, the span is not.
-            _logger.exception("Failed to encode key %s", key)
-            continue
-        encoded.append(tag + _varint(len(pair)) + pair)
-    return encoded
+    fields = (_attribute(tag, key, value) for key, value in attributes.items())
+    return [field for field in fields if field is not None]
 
 
 # Most span attributes repeat from span to span (method, route, status, peer address, DB
@@ -191,22 +195,19 @@ def _span_attributes(attributes: Mapping[str, Any] | None) -> list[bytes]:
     for key, value in _plain_items(attributes):
         kind = type(value)
         if kind is tuple:  # arrays: rare, and their items would need their types in the key
-            encoded += _attributes(_SPAN_ATTRIBUTE, {key: value})
-            continue
-        # The type is part of the key: True == 1 == 1.0, but each encodes differently.
-        lookup = (key, kind, value)
-        field = known.get(lookup)
-        if field is None:
-            try:
-                pair = _key_value(key, value)
-            except TypeError:
-                _logger.exception("Failed to encode key %s", key)
-                continue
-            field = _SPAN_ATTRIBUTE + _varint(len(pair)) + pair
-            if len(known) >= _MAX_ENCODED_SPAN_ATTRIBUTES:
-                known.clear()
-            known[lookup] = field
-        encoded.append(field)
+            field = _attribute(_SPAN_ATTRIBUTE, key, value)
+        else:
+            # The type is part of the key: True == 1 == 1.0, but each encodes differently.
+            lookup = (key, kind, value)
+            field = known.get(lookup)
+            if field is None:
+                field = _attribute(_SPAN_ATTRIBUTE, key, value)
+                if field is not None:
+                    if len(known) >= _MAX_ENCODED_SPAN_ATTRIBUTES:
+                        known.clear()
+                    known[lookup] = field
+        if field is not None:
+            encoded.append(field)
     return encoded
 
 
@@ -361,9 +362,6 @@ def encode_trace_request(spans: Sequence[ReadableSpan], cache: _Encoded | None =
             resource_spans.append(_len_field(_tag(3, _LEN), resource.schema_url.encode()))
         request.append(_len_field(_tag(1, _LEN), b"".join(resource_spans)))
     return b"".join(request)
-
-
-_SPAN_IN_SCOPE = _tag(2, _LEN)  # ScopeSpans.spans
 
 
 class FastOtlpSpanExporter(OTLPSpanExporter):
