@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from fastapi import FastAPI  # noqa: E402 (after the environment is set)
 
+from bench.run import ENDPOINTS, VARIANTS  # noqa: E402 (the same variants and endpoints)
 from service.main import create_app  # noqa: E402
 from service.observability.logging import configure_logging  # noqa: E402
 from service.settings import (  # noqa: E402
@@ -55,14 +56,6 @@ from service.settings import (  # noqa: E402
 )
 from tests.conftest import FAST_HASHING, REDIS_URL  # noqa: E402
 from tests.processes import migrated_postgres_database, running_otlp_sink  # noqa: E402
-
-VARIANTS = ("off", "on-100%", "on-10%")
-ENDPOINTS = {
-    "a": "cached item read",
-    "b": "uncached item read",
-    "c": "item create",
-    "d": "trivial endpoint",
-}
 
 
 def _serve_sink(port: Any) -> None:
