@@ -15,6 +15,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
+from service.cache.resilient import Cache
+from service.cache.setup import create_redis_client
+from service.cache.store import RedisStore
 from service.items.models import Item
 from service.settings import CacheSettings, DatabaseSettings, RateLimitSettings, Settings
 from tests.conftest import RunningApp, make_settings, running_app
@@ -128,6 +131,30 @@ async def test_hung_redis_adds_bounded_latency(
     assert added < HUNG_REDIS_P99_ADDED_SECONDS, f"p99 added {added * 1000:.0f} ms"
     # Even the unluckiest request waits only for the per-call timeouts, not a connect retry loop.
     assert max(seconds for _, seconds in hung) < 1.0
+
+
+async def test_a_timed_out_redis_call_never_hands_its_late_reply_to_the_next(
+    redis_server: RedisServer,
+) -> None:
+    """The client has no socket timeout of its own (service/cache/setup.py): the cache's timeout
+    cancels the call. The reply that arrives after it must not answer the next command on the
+    same connection."""
+    settings = make_settings("sqlite+aiosqlite://", None, cache=CacheSettings(breaker_failures=100))
+    with running_proxy(redis_server.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        cache = Cache(RedisStore(create_redis_client(url, settings)), settings.cache)
+        try:
+            await cache.set_many({"first": b"1", "second": b"2"}, 60)
+            for _ in range(5):
+                proxy.set_mode(ProxyMode.stall)
+                started = time.perf_counter()
+                assert await cache.get_many(["first"]) is None
+                assert time.perf_counter() - started < 1.0
+                proxy.set_mode(ProxyMode.forward)
+                await asyncio.sleep(0.05)  # the stalled reply to "first" is delivered now
+                assert await cache.get_many(["second"]) == [b"2"]
+        finally:
+            await cache.close()
 
 
 @pytest.fixture
