@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import Sampler
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +36,7 @@ from service import __version__
 from service.cache.store import RedisStore
 from service.observability.otlp import FastOtlpSpanExporter
 from service.observability.request_context import RouteTemplates, is_probe
+from service.observability.spans import FOLLOW_PARENT, LeanTracerProvider
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,7 @@ def create_tracer_provider(
     and is exported synchronously."""
     if exporter is None and not settings.tracing_enabled:
         return None
-    provider = TracerProvider(resource=_resource(settings), sampler=_sampler(settings))
+    provider = LeanTracerProvider(resource=_resource(settings), sampler=_sampler(settings))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
@@ -67,7 +68,7 @@ def _sampler(settings: Settings) -> Sampler | None:
     # ParentBased(TraceIdRatio), with the ratio applied by TracingMiddleware before any span
     # exists (see root_sample_ratio): a span the SDK would only drop costs as much as one it
     # keeps.
-    return ParentBased(ALWAYS_ON)
+    return FOLLOW_PARENT
 
 
 def root_sample_ratio(settings: Settings) -> float:
