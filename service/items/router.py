@@ -2,14 +2,13 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.dependencies import AccessClaimsDep, CurrentPrincipal, principal_from
 from service.auth.principal import Principal
 from service.auth.security import AccessClaims
 from service.cache.responses import json_with_etag, wants_fresh
 from service.cache.scoped import MISS_UNAVAILABLE, Lookup, read_pair
-from service.dependencies import ItemCacheDep, SessionDep, read_session, state_of
+from service.dependencies import ItemCacheDep, ReadSession, SessionDep, read_session, state_of
 from service.items import service
 from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
@@ -27,7 +26,7 @@ _cached: dict[int | str, dict[str, Any]] = {
 
 
 async def _viewer_and_lookup(
-    request: Request, claims: AccessClaims, session: AsyncSession, key: str
+    request: Request, claims: AccessClaims, session: ReadSession, key: str
 ) -> tuple[Principal, Lookup]:
     """The viewer, and the viewer's cached answer, in one cache round trip. Admins read
     through: their views span every owner, and the cache is scoped to one owner's data.
@@ -39,7 +38,7 @@ async def _viewer_and_lookup(
     auth_lookup, lookup = await read_pair(
         auth_cache, (claims.user_id, claims.session_id), cache, (claims.user_id, key)
     )
-    viewer = await principal_from(claims, auth_lookup, session=session, auth_cache=auth_cache)
+    viewer = await principal_from(claims, auth_lookup, open_session=session, auth_cache=auth_cache)
     if viewer.is_admin or not cache.available:
         return viewer, MISS_UNAVAILABLE
     if wants_fresh(request):
@@ -90,7 +89,7 @@ async def list_items(
         if lookup.value is not None:
             return json_with_etag(request, lookup.value)
         items, total = await service.list_items(
-            session=session, viewer=viewer, filters=filters, sort=sort, page=page
+            session=session(), viewer=viewer, filters=filters, sort=sort, page=page
         )
     body = Page[ItemRead](
         items=[ItemRead.model_validate(item) for item in items],
@@ -114,7 +113,7 @@ async def get_item(request: Request, item_id: ItemId, claims: AccessClaimsDep) -
         viewer, lookup = await _viewer_and_lookup(request, claims, session, key)
         if lookup.value is not None:
             return json_with_etag(request, lookup.value)
-        item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
+        item = await service.get_visible_item(session=session(), viewer=viewer, item_id=item_id)
     body = ItemRead.model_validate(item).model_dump_json().encode()
     await state_of(request)["caches"].items.write(viewer.id, key, lookup, body)
     return json_with_etag(request, body)
