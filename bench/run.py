@@ -3,7 +3,9 @@
 Starts the service four times under gunicorn (one worker each, PostgreSQL + Redis): with
 observability off, fully on exporting traces to a local OTLP sink at 100% and at 10% sampling,
 and a bare FastAPI app as the ceiling. Then, round after round, alternating the variants
-(A B C, C B A, ...), it drives each endpoint with wrk and keeps the median of the rounds:
+(A B C, C B A, ...), it drives each endpoint with wrk. Each figure is the median of the
+rounds; each ratio is the median of the rounds' own ratios, whose two runs were measured
+close together in time, so that the machine's drift between rounds cancels out:
 
   a  cached item read      GET /api/v1/items/{id}
   b  uncached item read    the same with Cache-Control: no-cache (PostgreSQL)
@@ -215,8 +217,8 @@ def ensure_wrk() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--steady-seconds", type=int, default=10)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
@@ -327,15 +329,19 @@ def build_report(
 ) -> dict[str, Any]:
     medians = {key: results.median(key).__dict__ for key in results.samples}
 
-    def rps(key: str) -> float:
-        return float(medians[key]["rps"])
+    def ratio(numerator: str, denominator: str) -> float:
+        """The median of the rounds' own ratios: the two runs of a round are measured minutes
+        apart at most, while this machine's speed drifts between rounds (the bare ceiling moved
+        by 25% within one run), so pairs cancel what a ratio of medians would keep."""
+        pairs = zip(results.samples[numerator], results.samples[denominator], strict=True)
+        return statistics.median(top.rps / bottom.rps for top, bottom in pairs)
 
-    ratios = {f"on-10% / off ({e})": rps(f"on-10%/{e}") / rps(f"off/{e}") for e in ENDPOINTS} | {
-        f"on-100% / off ({e})": rps(f"on-100%/{e}") / rps(f"off/{e}") for e in ENDPOINTS
+    ratios = {f"on-10% / off ({e})": ratio(f"on-10%/{e}", f"off/{e}") for e in ENDPOINTS} | {
+        f"on-100% / off ({e})": ratio(f"on-100%/{e}", f"off/{e}") for e in ENDPOINTS
     }
-    ratios["cached read on-10% / bare"] = rps("on-10%/a") / rps("bare/a")
-    ratios["cached read off / bare"] = rps("off/a") / rps("bare/a")
-    ratios["cached / uncached read (on-10%)"] = rps("on-10%/a") / rps("on-10%/b")
+    ratios["cached read on-10% / bare"] = ratio("on-10%/a", "bare/a")
+    ratios["cached read off / bare"] = ratio("off/a", "bare/a")
+    ratios["cached / uncached read (on-10%)"] = ratio("on-10%/a", "on-10%/b")
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -375,8 +381,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"{endpoint} {label:22} "
             + " ".join(f"{v['rps']:9.0f}" for v in values)
-            + f"   {values[1]['rps'] / values[0]['rps']:8.2f}"
-            + f" {values[2]['rps'] / values[0]['rps']:8.2f}"
+            + f"   {report['ratios'][f'on-100% / off ({endpoint})']:8.2f}"
+            + f" {report['ratios'][f'on-10% / off ({endpoint})']:8.2f}"
             + "   "
             + "/".join(f"{v['p99_ms']:.1f}" for v in values)
         )
