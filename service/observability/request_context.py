@@ -17,7 +17,6 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InternalError, raw_problem
@@ -124,15 +123,17 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers.append("X-Request-ID", request_id)
+                # Raw header pairs, as the ASGI message carries them (MutableHeaders would copy
+                # and re-encode them on every response). A new list: the response's own stays.
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
                 if span_context.is_valid:
                     # W3C Trace Context level 2: tells the client which trace served it.
-                    flags = format(span_context.trace_flags, "02x")
-                    headers.append(
-                        "traceresponse",
-                        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags}",
+                    flags = span_context.trace_flags
+                    value = (
+                        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"
                     )
+                    headers.append((b"traceresponse", value.encode()))
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 response_bytes += len(message.get("body", b""))
             await send(message)
@@ -180,7 +181,8 @@ def _log_access(
         "route": route,
         "path": scope["path"],
         "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        # Hundredths of a millisecond; round(x, 2) formats the float as text to round it.
+        "duration_ms": int((time.perf_counter() - started) * 100_000 + 0.5) / 100,
         "client": f"{client[0]}:{client[1]}" if client else None,
         "response_bytes": response_bytes,
     }
