@@ -44,6 +44,7 @@ from fastapi import FastAPI  # noqa: E402 (after the environment is set)
 from bench.run import ENDPOINTS, VARIANTS  # noqa: E402 (the same variants and endpoints)
 from service.main import create_app  # noqa: E402
 from service.observability.logging import configure_logging  # noqa: E402
+from service.server import tune_garbage_collector  # noqa: E402
 from service.settings import (  # noqa: E402
     AuthSettings,
     CacheSettings,
@@ -223,7 +224,7 @@ async def run(database_url: str, sink: str, args: argparse.Namespace) -> None:
         await app.start()
         await app.sign_up()
     gc.collect()
-    gc.freeze()  # as the worker does after startup (service/server.py)
+    tune_garbage_collector()  # as the worker does after startup (service/server.py)
     try:
         costs = await measure(apps, args.endpoints.split(","), args.cycles, args.requests)
     finally:

@@ -78,6 +78,11 @@ class Sample:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # The measured worker's own CPU time per request (user + system), from the start of the
+    # run until its queued spans are sent: what the service pays, whatever the load
+    # generator, the sink, PostgreSQL and Redis cost the shared cores.
+    worker_cpu_us: float = 0.0
 
 
 @dataclass
@@ -94,6 +99,8 @@ class Results:
             p50_ms=statistics.median(s.p50_ms for s in runs),
             p99_ms=statistics.median(s.p99_ms for s in runs),
             errors=sum(s.errors for s in runs),
+            requests=sum(s.requests for s in runs),
+            worker_cpu_us=statistics.median(s.worker_cpu_us for s in runs),
         )
 
 
@@ -142,6 +149,7 @@ def wrk(
         p50_ms=data["p50_ms"],
         p99_ms=data["p99_ms"],
         errors=data["errors"],
+        requests=data["requests"],
     )
 
 
@@ -180,6 +188,15 @@ def measure(target: Target, endpoint: str, seconds: float, connections: int) -> 
             body=body,
         )
     return wrk(f"{base}/api/v1/info", seconds=seconds, connections=connections)
+
+
+def worker_cpu_seconds(server: Gunicorn) -> float:
+    """User + system CPU time of the server's workers so far."""
+    ticks = 0
+    for pid in server.worker_pids():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def worker_rss_mb(server: Gunicorn) -> float:
@@ -281,14 +298,17 @@ def main() -> int:
             order = VARIANTS if round_number % 2 == 0 else tuple(reversed(VARIANTS))
             for endpoint in ENDPOINTS:
                 for name in order:
+                    cpu_before = worker_cpu_seconds(targets[name].server)
                     sample = measure(targets[name], endpoint, args.seconds, args.connections)
+                    # Spans still queued when the load stops go out now, not while the next
+                    # variant is being measured (every variant waits, so all are alike).
+                    time.sleep(2 * EXPORT_IDLE_DELAY_MS / 1000)
+                    cpu = worker_cpu_seconds(targets[name].server) - cpu_before
+                    sample.worker_cpu_us = 1e6 * cpu / max(sample.requests, 1)
                     results.add(f"{name}/{endpoint}", sample)
-                    if name != "off":
-                        # Spans still queued when the load stops go out now, not while the
-                        # next variant is being measured.
-                        time.sleep(2 * EXPORT_IDLE_DELAY_MS / 1000)
                     print(
-                        f"round {round_number + 1} {name:8} {endpoint}: {sample.rps:8.0f} rps",
+                        f"round {round_number + 1} {name:8} {endpoint}: {sample.rps:8.0f} rps"
+                        f" {sample.worker_cpu_us:6.0f} us CPU/request",
                         file=sys.stderr,
                     )
             ceiling = wrk(f"{bare.url}/item", seconds=args.seconds, connections=args.connections)
@@ -339,6 +359,19 @@ def build_report(
     ratios = {f"on-10% / off ({e})": ratio(f"on-10%/{e}", f"off/{e}") for e in ENDPOINTS} | {
         f"on-100% / off ({e})": ratio(f"on-100%/{e}", f"off/{e}") for e in ENDPOINTS
     }
+
+    def cpu_ratio(variant: str, endpoint: str) -> float:
+        """off's worker CPU per request over the variant's: the ratio requests/s would have
+        if the worker's own CPU time were all that limited it."""
+        pairs = zip(
+            results.samples[f"off/{endpoint}"],
+            results.samples[f"{variant}/{endpoint}"],
+            strict=True,
+        )
+        return statistics.median(off.worker_cpu_us / on.worker_cpu_us for off, on in pairs)
+
+    ratios |= {f"worker CPU, on-10% / off ({e})": cpu_ratio("on-10%", e) for e in ENDPOINTS}
+    ratios |= {f"worker CPU, on-100% / off ({e})": cpu_ratio("on-100%", e) for e in ENDPOINTS}
     ratios["cached read on-10% / bare"] = ratio("on-10%/a", "bare/a")
     ratios["cached read off / bare"] = ratio("off/a", "bare/a")
     ratios["cached / uncached read (on-10%)"] = ratio("on-10%/a", "on-10%/b")
@@ -387,6 +420,11 @@ def render(report: dict[str, Any]) -> str:
             + "/".join(f"{v['p99_ms']:.1f}" for v in values)
         )
     lines.append(f"bare FastAPI ceiling     {medians['bare/a']['rps']:9.0f} rps")
+    lines.append("")
+    lines.append("worker CPU per request (us), off / on-100% / on-10%:")
+    for endpoint, label in ENDPOINTS.items():
+        cpu = [medians[f"{v}/{endpoint}"]["worker_cpu_us"] for v in VARIANTS]
+        lines.append(f"{endpoint} {label:22} " + " ".join(f"{value:9.0f}" for value in cpu))
     lines.append("")
     for key, value in report["ratios"].items():
         lines.append(f"{key:36} {value:6.2f}")

@@ -26,6 +26,26 @@ from service.settings import get_settings
 
 log = structlog.get_logger(__name__)
 
+# Allocations between young collections (CPython's default is 700).
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Once the worker is ready.
+
+    Everything built so far (modules, the app, its pools: ~150k objects) lives as long as the
+    worker. Frozen, the collector stops walking it on every full collection: those walks were
+    the 50-100 ms stalls at the p99 of a cached read.
+
+    A young collection every 700 allocations ran in the middle of most requests and promoted
+    whatever they held at that moment (spans, log fields, ORM rows) to the older generations,
+    which then walked them again. At 20,000 most of a request's objects are freed by reference
+    counting before any collection sees them: a cached read with observability on took 2.5%
+    fewer instructions (callgrind, 1,031k -> 1,005k per request), one with it off the same."""
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+
 
 class DrainingServer(Server):
     def __init__(self, *args: Any, drain_seconds: float, on_drain: Any, **kwargs: Any) -> None:
@@ -41,10 +61,7 @@ class DrainingServer(Server):
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets=sockets)
-        # Everything built so far (modules, the app, its pools: ~150k objects) lives as long
-        # as the worker. Frozen, the collector stops walking it on every full collection:
-        # those walks were the 50-100 ms stalls at the p99 of a cached read.
-        gc.freeze()
+        tune_garbage_collector()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._draining or not self._drain_seconds or not self._loop:
