@@ -53,6 +53,7 @@ from service.settings import (  # noqa: E402
     ObservabilitySettings,
     OtelSettings,
     RateLimitSettings,
+    ServerSettings,
     Settings,
 )
 from tests.conftest import FAST_HASHING, REDIS_URL  # noqa: E402
@@ -224,7 +225,8 @@ async def run(database_url: str, sink: str, args: argparse.Namespace) -> None:
         await app.start()
         await app.sign_up()
     gc.collect()
-    tune_garbage_collector()  # as the worker does after startup (service/server.py)
+    # As the worker does after startup (service/server.py).
+    tune_garbage_collector(ServerSettings().gc_young_threshold)
     try:
         costs = await measure(apps, args.endpoints.split(","), args.cycles, args.requests)
     finally:

@@ -26,12 +26,9 @@ from service.settings import get_settings
 
 log = structlog.get_logger(__name__)
 
-# Allocations between young collections (CPython's default is 700).
-YOUNG_COLLECTION_THRESHOLD = 20_000
 
-
-def tune_garbage_collector() -> None:
-    """Once the worker is ready.
+def tune_garbage_collector(young_threshold: int) -> None:
+    """Once the worker is ready (``young_threshold``: GLASSHOUSE_SERVER__GC_YOUNG_THRESHOLD).
 
     Everything built so far (modules, the app, its pools: ~150k objects) lives as long as the
     worker. Frozen, the collector stops walking it on every full collection: those walks were
@@ -44,13 +41,21 @@ def tune_garbage_collector() -> None:
     fewer instructions (callgrind, 1,031k -> 1,005k per request), one with it off the same."""
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+    gc.set_threshold(young_threshold, middle, oldest)
 
 
 class DrainingServer(Server):
-    def __init__(self, *args: Any, drain_seconds: float, on_drain: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        drain_seconds: float,
+        gc_young_threshold: int,
+        on_drain: Any,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._drain_seconds = drain_seconds
+        self._gc_young_threshold = gc_young_threshold
         self._on_drain = on_drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
@@ -61,7 +66,7 @@ class DrainingServer(Server):
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets=sockets)
-        tune_garbage_collector()
+        tune_garbage_collector(self._gc_young_threshold)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._draining or not self._drain_seconds or not self._loop:
@@ -92,9 +97,11 @@ class DrainingUvicornWorker(UvicornWorker):
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        settings = get_settings().server
         server = DrainingServer(
             config=self.config,
-            drain_seconds=get_settings().server.drain_seconds,
+            drain_seconds=settings.drain_seconds,
+            gc_young_threshold=settings.gc_young_threshold,
             on_drain=self._begin_draining,
         )
         self._install_sigquit_handler()

@@ -199,6 +199,14 @@ class ServerSettings(BaseModel):
             "balancers stop sending before the worker stops accepting.",
         ),
     ] = 5.0
+    gc_young_threshold: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Allocations between young garbage collections in a worker (CPython's "
+            "default: 700); the startup heap is frozen either way.",
+        ),
+    ] = 20_000
 
 
 class ObservabilitySettings(BaseModel):

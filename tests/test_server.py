@@ -5,7 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.server import YOUNG_COLLECTION_THRESHOLD, tune_garbage_collector
+from service.server import tune_garbage_collector
+from service.settings import ServerSettings
 
 
 @pytest.fixture
@@ -20,6 +21,8 @@ def restored_collector() -> Iterator[None]:
 def test_the_startup_heap_is_frozen_and_young_collections_are_rarer() -> None:
     _, middle, oldest = gc.get_threshold()
     kept = [object() for _ in range(10)]  # stands for what the worker built before it was ready
-    tune_garbage_collector()
+    young = ServerSettings().gc_young_threshold
+    tune_garbage_collector(young)
     assert gc.get_freeze_count() >= len(kept)
-    assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+    assert gc.get_threshold() == (young, middle, oldest)
+    assert young > 700  # rarer than CPython's default
