@@ -40,10 +40,10 @@ check: lint typecheck test  ## Everything CI runs
 migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
 	$(RUN) alembic upgrade head
 
-bench: install tools  ## Measure what observability costs (about 7 minutes; writes bench/results/latest.json)
+bench: install tools  ## Measure what observability costs (about 6 minutes; writes bench/results/latest.json)
 	$(RUN) python bench/run.py
 
-bench-inprocess: install  ## CPU time per request of each variant, in one process (about 2 minutes)
+bench-inprocess: install  ## CPU time per request of each variant, in one process (about a minute)
 	$(RUN) python bench/inprocess.py
 
 load: install  ## Load test: the whole service under locust (USERS, DURATION, SHAPE)
