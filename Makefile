@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test lint format typecheck check migrate bench bench-inprocess load drills fuzz
+.PHONY: help uv install tools run test lint format typecheck check migrate bench bench-inprocess bench-instructions load drills fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench: install tools  ## Measure what observability costs (about 6 minutes; writ
 
 bench-inprocess: install  ## CPU time per request of each variant, in one process (about a minute)
 	$(RUN) python bench/inprocess.py
+
+bench-instructions: install tools  ## Instructions per request of each variant under callgrind: the steady instrument (about 4 minutes)
+	$(RUN) python bench/instructions.py
 
 load: install  ## Load test: the whole service under locust (USERS, DURATION, SHAPE)
 	$(RUN) python loadtests/run.py --users $(or $(USERS),20) --duration $(or $(DURATION),30s) --shape $(or $(SHAPE),steady)

@@ -60,7 +60,7 @@ from tests.conftest import FAST_HASHING, REDIS_URL  # noqa: E402
 from tests.processes import migrated_postgres_database, running_otlp_sink  # noqa: E402
 
 
-def _serve_sink(port: Any) -> None:
+def serve_sink(port: Any) -> None:
     """In a process of its own: what it spends decoding spans is not the app's CPU time."""
     with running_otlp_sink() as sink:
         port.value = sink.port
@@ -244,7 +244,7 @@ def main() -> int:
     args = parser.parse_args()
     port = multiprocessing.get_context("spawn").Value("i", 0)
     sink_process = multiprocessing.get_context("spawn").Process(
-        target=_serve_sink, args=(port,), daemon=True
+        target=serve_sink, args=(port,), daemon=True
     )
     sink_process.start()
     with ExitStack() as stack:

@@ -50,3 +50,13 @@ def test_in_process_benchmark_runs_and_reports_every_ratio() -> None:
     for row in rows:
         ratios = [float(value) for value in row[-2:]]
         assert all(ratio > 0 for ratio in ratios), row
+
+
+def test_instruction_count_benchmark_runs_and_reports_per_request_counts() -> None:
+    completed = run_bench(
+        "bench/instructions.py",
+        *("--endpoints", "d", "--variants", "off", "--few", "5", "--many", "15"),
+    )
+    row = next(line for line in completed.stdout.splitlines() if line.startswith("d "))
+    # Tens of thousands of instructions at least: a count of nothing would be 0 or negative.
+    assert int(row.split()[-1].removesuffix("k")) > 50, row

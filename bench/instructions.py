@@ -1,0 +1,178 @@
+"""What observability costs in instructions per request: the steady instrument.
+
+On this machine the same worker's CPU time per request moves by 15-30% from one short run to
+the next, so a 5% change cannot be seen in requests/s or CPU time. Instruction counts barely
+move: each variant's app (bench/inprocess.py) runs under ``valgrind --tool=callgrind``, which
+counts the instructions executed inside asyncio's callbacks and tasks (``context_run``) and
+in threads (``thread_run``, the span exporter), and the count for 20 requests after a warm-up
+is subtracted from the count for 220, leaving 200 requests' worth. Run to run within 3%.
+
+Variants: off, on with tracing at 0% (the fixed cost: request ID, log context, access line,
+metrics, span middleware) and on at 100%; 10% is reported as 0% plus a tenth of the traced
+part, since which requests a real 10% draw traces is random. Instructions are not time (cache
+misses and system calls are not in them): read the ratios beside `make bench`, not instead.
+
+  python bench/instructions.py [--endpoints a,d] [--variants off,on-0%,on-100%]
+
+About a minute per variant and endpoint, two at a time (one per core). Needs valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WARM_UP = 100
+FEW, MANY = 20, 220
+# CPython's C functions that every asyncio callback and task step, and every thread, run in.
+COLLECTED_FUNCTIONS = ("context_run", "thread_run")
+VARIANTS = ("off", "on-0%", "on-100%")
+
+
+def count_instructions(variant: str, endpoint: str, requests: int) -> int:
+    """Runs this script's child mode under callgrind; the instructions it collected."""
+    with tempfile.TemporaryDirectory(prefix="glasshouse-callgrind-") as workdir:
+        output = Path(workdir) / "callgrind.out"
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            *(f"--toggle-collect={function}" for function in COLLECTED_FUNCTIONS),
+            f"--callgrind-out-file={output}",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            variant,
+            endpoint,
+            str(requests),
+        ]
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise SystemExit(f"{variant} {endpoint} failed:\n{completed.stderr[-3000:]}")
+        for line in output.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit("callgrind wrote no totals")
+
+
+def per_request(variant: str, endpoint: str, few: int = FEW, many: int = MANY) -> float:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        low = pool.submit(count_instructions, variant, endpoint, few)
+        high = pool.submit(count_instructions, variant, endpoint, many)
+        difference = high.result() - low.result()
+    if difference <= 0:
+        raise SystemExit(
+            "no instructions counted: this Python's libpython has no symbols for "
+            + ", ".join(COLLECTED_FUNCTIONS)
+        )
+    return difference / (many - few)
+
+
+def report(counts: dict[str, dict[str, float]]) -> list[str]:
+    lines = [f"{'endpoint':24} " + " ".join(f"{v:>10}" for v in VARIANTS) + "   ratios to off"]
+    for endpoint, by_variant in counts.items():
+        row = f"{endpoint:24} " + " ".join(
+            f"{by_variant[v] / 1000:9.0f}k" if v in by_variant else f"{'':>10}" for v in VARIANTS
+        )
+        off = by_variant.get("off")
+        if off and "on-0%" in by_variant and "on-100%" in by_variant:
+            fixed, full = by_variant["on-0%"], by_variant["on-100%"]
+            ten = fixed + 0.1 * (full - fixed)
+            row += f"   100%: {off / full:.2f}  10%: {off / ten:.2f}  0%: {off / fixed:.2f}"
+        lines.append(row)
+    lines.append("Instructions per request (callgrind); 10% = 0% + a tenth of (100% - 0%).")
+    return lines
+
+
+def child(variant: str, endpoint: str, requests: int) -> None:
+    """Inside valgrind: one variant's app, warmed up, then ``requests`` requests."""
+    import multiprocessing
+    import time
+
+    from bench import inprocess
+    from service.main import create_app
+    from service.observability.logging import configure_logging
+    from service.server import tune_garbage_collector
+    from service.settings import ObservabilitySettings, ServerSettings
+
+    port = multiprocessing.get_context("spawn").Value("i", 0)
+    sink = multiprocessing.get_context("spawn").Process(
+        target=inprocess.serve_sink, args=(port,), daemon=True
+    )
+    sink.start()
+    try:
+        while not port.value:
+            time.sleep(0.05)
+        endpoint_url = f"http://127.0.0.1:{port.value}"
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint_url
+        with tempfile.TemporaryFile("w") as log, inprocess.migrated_postgres_database() as url:
+            configure_logging(
+                json=True,
+                stream=log,
+                access_flush_seconds=ObservabilitySettings().access_log_flush_seconds,
+            )
+            base = "on-10%" if variant == "on-0%" else variant
+            settings = inprocess.settings_for(base, url, endpoint_url)
+            if variant == "on-0%":
+                observability = settings.observability.model_copy(
+                    update={"trace_sample_ratio": 0.0}
+                )
+                settings = settings.model_copy(update={"observability": observability})
+
+            async def run() -> None:
+                app = inprocess.App(create_app(settings))
+                await app.start()
+                try:
+                    await app.sign_up()
+                    request = app.request(endpoint)
+                    for _ in range(WARM_UP):
+                        await app.call(*request)
+                    tune_garbage_collector(ServerSettings().gc_young_threshold)
+                    for _ in range(requests):
+                        status, body = await app.call(*request)
+                        assert status < 300, (status, body)
+                finally:
+                    await app.stop()
+
+            asyncio.run(run())
+    finally:
+        sink.kill()
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoints", default="a,d")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--few", type=int, default=FEW, help=argparse.SUPPRESS)
+    parser.add_argument("--many", type=int, default=MANY, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is missing: apt-get install valgrind (make tools does)")
+    from bench.run import ENDPOINTS
+
+    counts: dict[str, dict[str, float]] = {}
+    for endpoint in args.endpoints.split(","):
+        label = f"{endpoint} {ENDPOINTS[endpoint]}"
+        for variant in args.variants.split(","):
+            counts.setdefault(label, {})[variant] = per_request(
+                variant, endpoint, args.few, args.many
+            )
+            print(f"{label} {variant}: {counts[label][variant]:.0f}", file=sys.stderr)
+    print("\n".join(report(counts)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())
