@@ -169,6 +169,11 @@ def settings_for(variant: str, database_url: str, sink: str) -> Settings:
             "observability": ObservabilitySettings(trace_sample_ratio=0.1, **observability),
             "otel": otel,
         },
+        # Tracing on, no request sampled: observability's fixed cost (bench/instructions.py).
+        "on-0%": {
+            "observability": ObservabilitySettings(trace_sample_ratio=0.0, **observability),
+            "otel": otel,
+        },
     }
     return Settings(
         _env_file=None,  # type: ignore[call-arg]

@@ -119,13 +119,7 @@ def child(variant: str, endpoint: str, requests: int) -> None:
                 stream=log,
                 access_flush_seconds=ObservabilitySettings().access_log_flush_seconds,
             )
-            base = "on-10%" if variant == "on-0%" else variant
-            settings = inprocess.settings_for(base, url, endpoint_url)
-            if variant == "on-0%":
-                observability = settings.observability.model_copy(
-                    update={"trace_sample_ratio": 0.0}
-                )
-                settings = settings.model_copy(update={"observability": observability})
+            settings = inprocess.settings_for(variant, url, endpoint_url)
 
             async def run() -> None:
                 app = inprocess.App(create_app(settings))
