@@ -33,6 +33,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -349,29 +350,26 @@ def build_report(
 ) -> dict[str, Any]:
     medians = {key: results.median(key).__dict__ for key in results.samples}
 
-    def ratio(numerator: str, denominator: str) -> float:
+    def ratio(numerator: str, denominator: str, of: str = "rps") -> float:
         """The median of the rounds' own ratios: the two runs of a round are measured minutes
         apart at most, while this machine's speed drifts between rounds (the bare ceiling moved
         by 25% within one run), so pairs cancel what a ratio of medians would keep."""
         pairs = zip(results.samples[numerator], results.samples[denominator], strict=True)
-        return statistics.median(top.rps / bottom.rps for top, bottom in pairs)
+        value = attrgetter(of)
+        return statistics.median(value(top) / value(bottom) for top, bottom in pairs)
 
     ratios = {f"on-10% / off ({e})": ratio(f"on-10%/{e}", f"off/{e}") for e in ENDPOINTS} | {
         f"on-100% / off ({e})": ratio(f"on-100%/{e}", f"off/{e}") for e in ENDPOINTS
     }
-
-    def cpu_ratio(variant: str, endpoint: str) -> float:
-        """off's worker CPU per request over the variant's: the ratio requests/s would have
-        if the worker's own CPU time were all that limited it."""
-        pairs = zip(
-            results.samples[f"off/{endpoint}"],
-            results.samples[f"{variant}/{endpoint}"],
-            strict=True,
-        )
-        return statistics.median(off.worker_cpu_us / on.worker_cpu_us for off, on in pairs)
-
-    ratios |= {f"worker CPU, on-10% / off ({e})": cpu_ratio("on-10%", e) for e in ENDPOINTS}
-    ratios |= {f"worker CPU, on-100% / off ({e})": cpu_ratio("on-100%", e) for e in ENDPOINTS}
+    # off's worker CPU per request over the variant's: the ratio requests/s would have if the
+    # worker's own CPU time were all that limited it.
+    for variant in ("on-10%", "on-100%"):
+        ratios |= {
+            f"worker CPU, {variant} / off ({e})": ratio(
+                f"off/{e}", f"{variant}/{e}", of="worker_cpu_us"
+            )
+            for e in ENDPOINTS
+        }
     ratios["cached read on-10% / bare"] = ratio("on-10%/a", "bare/a")
     ratios["cached read off / bare"] = ratio("off/a", "bare/a")
     ratios["cached / uncached read (on-10%)"] = ratio("on-10%/a", "on-10%/b")
