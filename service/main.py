@@ -35,7 +35,7 @@ def create_app(
     api.mount(app)
 
     # Middleware added later wraps what was added before. From the outside in:
-    # [tracing] -> request context (ID, metrics, logs, last-resort 500) -> CORS
+    # request context (span, ID, metrics, logs, last-resort 500) -> CORS
     # -> body size limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     if settings.http.cors_origins:

@@ -272,6 +272,12 @@ async def test_unhandled_exception_is_logged_once_with_request_id(
     assert access["level"] == "error"
     [span] = server_spans(exporter)
     assert span.status.status_code.name == "ERROR"
+    assert [event.name for event in span.events] == ["exception"]  # recorded once
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 500
+    assert span.attributes["http.request_id"] == request_id
+    # The error line and the access line were written inside the span.
+    assert error["trace_id"] == access["trace_id"] == trace_hex(span)
 
 
 async def test_request_touching_the_database_has_db_child_spans(

@@ -1,7 +1,7 @@
 """One pure ASGI middleware for what every request needs: its ID, its log context, its HTTP
-metrics, its one canonical access line, and the last-resort 500.
+metrics, its one canonical access line, the last-resort 500, and (tracing on) its server span.
 
-Doing these in one layer (instead of four) keeps the per-request cost to one ``send`` wrapper,
+Doing these in one layer (instead of five) keeps the per-request cost to one ``send`` wrapper,
 and the route template is read once, after routing, from what FastAPI matched. (The
 prometheus-fastapi-instrumentator middleware this replaces matched every route again before
 each request and cost 37 us a request against 8 us here: see the README's benchmark section.)
@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import InternalError, raw_problem
 from service.observability.http_metrics import HttpMetrics
 from service.observability.logging import write_access_line
+from service.observability.tracing import PROPAGATION_HEADERS, ServerSpans
 
 REQUEST_ID_HEADER = "x-request-id"
 # An inbound ID is accepted only if it is short and harmless: it lands in logs and headers.
@@ -76,6 +78,9 @@ class RouteTemplates:
 
 
 class RequestContextMiddleware:
+    """``server_spans``: when tracing is on, the request's server span is started and ended
+    here too, around everything else, so that the access line lands inside it."""
+
     def __init__(
         self,
         app: ASGIApp,
@@ -83,11 +88,13 @@ class RequestContextMiddleware:
         routes: RouteTemplates,
         access_log_enabled: bool,
         http_metrics: HttpMetrics | None,
+        server_spans: ServerSpans | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.access_log_enabled = access_log_enabled
         self.http_metrics = http_metrics
+        self.server_spans = server_spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,21 +103,33 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         inbound = None
         request_bytes = 0
+        trace_headers: dict[str, str] | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 inbound = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 request_bytes = int(value)
+            elif name in PROPAGATION_HEADERS:
+                if trace_headers is None:
+                    trace_headers = {}
+                trace_headers[name.decode()] = value.decode("latin-1")
         request_id = accepted_request_id(inbound)
         scope.setdefault("state", {})["request_id"] = request_id
-        # The span's attributes, the request ID among them, are set once by TracingMiddleware.
-        span = trace.get_current_span()
+        probe = is_probe(scope["path"])
+        own_span = None
+        if self.server_spans is not None and not probe:
+            own_span = self.server_spans.start(scope["method"], trace_headers)
+        if own_span is not None:
+            span = own_span
+            token = otel_context.attach(trace.set_span_in_context(span))
+        else:
+            # Not traced here; a caller may still have made a span current (a test, a wrapper).
+            span = trace.get_current_span()
         span_context = span.get_span_context()
 
         # Cleared once, when the request ends (below): a server runs each request in a fresh
         # copy of its context anyway, and a caller that reuses one gets it back clean.
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        probe = is_probe(scope["path"])
         measured = self.http_metrics is not None and not probe
         if measured:
             self.http_metrics.started(scope["method"])  # type: ignore[union-attr]
@@ -150,6 +169,10 @@ class RequestContextMiddleware:
             if response_started:
                 raise
             await _send_internal_error(scope, send_with_request_id, request_id)
+        except BaseException as exc:  # the request was cancelled (the client went away)
+            if own_span is not None:
+                own_span.record_exception(exc)
+            raise
         finally:
             route = self.routes.template(scope.get("route"))
             if measured:
@@ -162,8 +185,15 @@ class RequestContextMiddleware:
                     response_bytes=response_bytes,
                 )
             if self.access_log_enabled and (status >= 400 or not probe):
-                _log_access(scope, route, status, response_bytes, started)
+                _log_access(scope, route, status, response_bytes, started, span_context)
             structlog.contextvars.clear_contextvars()
+            if own_span is not None:
+                if own_span.is_recording():
+                    ServerSpans.describe(
+                        own_span, scope, route=route, status=status, request_id=request_id
+                    )
+                own_span.end()
+                otel_context.detach(token)
 
 
 async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> None:
@@ -173,7 +203,12 @@ async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> Non
 
 
 def _log_access(
-    scope: Scope, route: str | None, status: int, response_bytes: int, started: float
+    scope: Scope,
+    route: str | None,
+    status: int,
+    response_bytes: int,
+    started: float,
+    span_context: trace.SpanContext,
 ) -> None:
     client = scope.get("client")
     fields: dict[str, Any] = {
@@ -186,4 +221,4 @@ def _log_access(
         "client": f"{client[0]}:{client[1]}" if client else None,
         "response_bytes": response_bytes,
     }
-    write_access_line(fields, failed=status >= 500)
+    write_access_line(fields, failed=status >= 500, span_context=span_context)

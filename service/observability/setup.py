@@ -49,8 +49,7 @@ def create_tracer_provider(
 def install_outer_middleware(
     app: FastAPI, settings: Settings, provider: TracerProvider | None
 ) -> None:
-    """Request IDs and access logs, and outside them the tracing middleware, so the access
-    line and the request ID land inside the request's span."""
+    """Request IDs, metrics, access logs and server spans: one middleware, outermost."""
     if not settings.observability.enabled:
         return
     http_metrics = None
@@ -59,12 +58,18 @@ def install_outer_middleware(
         http_metrics = HttpMetrics(flush_seconds=settings.observability.metrics_flush_seconds)
         # The lifespan flushes it at shutdown (flush_buffers).
         app.state.http_metrics = http_metrics
-    routes = RouteTemplates(app)
+    server_spans = None
+    if provider is not None:
+        server_spans = tracing.ServerSpans(
+            tracing.tracer_for_requests(provider),
+            root_sample_ratio=tracing.root_sample_ratio(settings),
+        )
     app.add_middleware(
         RequestContextMiddleware,
-        routes=routes,
+        routes=RouteTemplates(app),
         access_log_enabled=settings.observability.access_log,
         http_metrics=http_metrics,
+        server_spans=server_spans,
     )
     if settings.observability.metrics_on_api:
         registry_dir = settings.prometheus_multiproc_dir
@@ -76,13 +81,6 @@ def install_outer_middleware(
             return Response(body, media_type=CONTENT_TYPE_LATEST)
 
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    if provider is not None:
-        app.add_middleware(
-            tracing.TracingMiddleware,
-            tracer=tracing.tracer_for_requests(provider),
-            routes=routes,
-            root_sample_ratio=tracing.root_sample_ratio(settings),
-        )
 
 
 def flush_buffers(app: FastAPI) -> None:
