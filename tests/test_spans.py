@@ -108,6 +108,23 @@ def attribute_kinds(tracer: trace.Tracer) -> None:
         child.end(end_time=20)
 
 
+def attributes_in_bulk(tracer: trace.Tracer) -> None:
+    """set_attributes and start_span's attributes take a one-update path when everything is
+    plain and fits: each case here is one where it must not, or must give the same result."""
+    root = tracer.start_span("bulk", attributes={"a": "1", "b": 2, "c": 3.0, "d": True, "e": "5"})
+    root.set_attributes({"f": "fits", "g": None})
+    root.set_attributes({"b": "set again", "h": "new"})  # a key already set: moves to the end
+    root.set_attributes({"long": "longer than eight characters"})  # cut under tight limits
+    root.set_attributes({"list": ["x"], "i": 1})  # not plain: the value is cleaned
+    root.set_attributes({f"many{index}": index for index in range(6)})  # more than fit
+    root.set_attributes({})
+    root.set_attributes({"": "an empty key", "j": 1})
+    root.set_attributes({9: "a key that is not a string"})  # type: ignore[dict-item]
+    root.end(end_time=20)
+    tracer.start_span("empty key at start", attributes={"": "dropped", "k": 1}).end()
+    tracer.start_span("full at start", attributes={f"k{index}": "v" for index in range(9)}).end()
+
+
 def limits_and_misuse(tracer: trace.Tracer) -> None:
     span = tracer.start_span("limited", attributes={"first": "123456789"}, start_time=10)
     for index in range(6):
@@ -155,6 +172,7 @@ def remote_parents(tracer: trace.Tracer) -> None:
 
 SCENARIOS: dict[str, Scenario] = {
     "attribute kinds": attribute_kinds,
+    "attributes in bulk": attributes_in_bulk,
     "limits and misuse": limits_and_misuse,
     "links, events and errors": links_events_and_errors,
     "remote parents": remote_parents,

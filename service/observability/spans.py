@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 FOLLOW_PARENT = ParentBased(ALWAYS_ON)
 
 _PLAIN_TYPES = frozenset({bool, int, float, type(None)})
+_PLAIN_VALUE_TYPES = _PLAIN_TYPES | {str}
+_STR = frozenset({str})
 _UNSET = Status(StatusCode.UNSET)
 _NONE: tuple[Any, ...] = ()  # events and links, until a span has some
 _FLAGS = {
@@ -62,6 +64,16 @@ class LeanSpan(Span):
     # The SDK's rarer methods (set_status, add_event, add_link) check "ended" under this lock.
     # One for all spans: a span is used by one task, so it is never contended in practice.
     _lock = threading.Lock()
+    # What every span starts with, as class attributes: an instance gets its own only when it
+    # changes one (a new span makes 8 fewer stores).
+    _trace_config = None
+    _record_end_metrics = None
+    _status = _UNSET
+    _start_time: int | None = None
+    _end_time: int | None = None
+    _dropped_attributes = 0
+    _events: Any = _NONE
+    _links: Any = _NONE
 
     def __init__(
         self,
@@ -85,17 +97,11 @@ class LeanSpan(Span):
         self._span_processor = tracer.span_processor
         self._limits: SpanLimits = tracer._span_limits
         self._sampler = tracer.sampler
-        self._trace_config = None
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
-        self._record_end_metrics = None
-        self._status = _UNSET
-        self._start_time: int | None = None
-        self._end_time: int | None = None
         self._attributes: dict[str, Any] = {}
-        self._dropped_attributes = 0
-        self._events = _NONE
-        self._links = self._new_links(links) if links else _NONE
+        if links:
+            self._links = self._new_links(links)
 
     @property
     def dropped_attributes(self) -> int:
@@ -111,6 +117,8 @@ class LeanSpan(Span):
         if self._end_time is not None:
             logger.warning("Setting attribute on ended span.")
             return
+        if self._set_plain(attributes):
+            return
         if not all(type(key) is str and key for key in attributes):
             # As the SDK does for a mapping: empty keys dropped, other keys made strings.
             cleaned = _clean_attribute_value(dict(attributes), None)
@@ -118,6 +126,31 @@ class LeanSpan(Span):
             attributes = cleaned
         for key, value in attributes.items():
             self._set(key, value)
+
+    def _set_plain(self, attributes: Mapping[str, Any]) -> bool:
+        """Sets them in one dict update when _set would keep every one as it is: new non-empty
+        string keys, plain values, strings within the length limit, room for all. False (and
+        nothing set) otherwise. The HTTP and Redis spans' attributes always are. The checks are
+        whole-mapping set operations, not a Python loop. Bytecodes per traced cached read (16
+        attributes): _set one by one 926, a Python loop of these checks 550, these 144."""
+        limits = self._limits
+        limit = limits.max_span_attributes
+        mine = self._attributes
+        if (
+            (limit is not None and len(mine) + len(attributes) > limit)
+            or "" in attributes
+            or not _STR.issuperset(map(type, attributes))
+            or not _PLAIN_VALUE_TYPES.issuperset(map(type, attributes.values()))
+            or not mine.keys().isdisjoint(attributes)
+        ):
+            return False
+        max_length = limits.max_span_attribute_length
+        if max_length is not None:  # unset by default (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT)
+            for value in attributes.values():
+                if type(value) is str and len(value) > max_length:
+                    return False
+        mine.update(attributes)
+        return True
 
     def _set(self, key: str, value: Any) -> None:
         """BoundedAttributes.__setitem__'s rules, on a plain dict: invalid keys are dropped,
@@ -250,7 +283,7 @@ class LeanTracer(trace_api.Tracer):
         # As the SDK does: the sampler's attributes (they include the caller's when it
         # consulted them), else the caller's.
         initial = extra_attributes if extra_attributes is not None else attributes
-        if initial:
+        if initial and not span._set_plain(initial):
             for key, value in initial.items():
                 span._set(key, value)
         span.start(start_time=start_time, parent_context=context)
