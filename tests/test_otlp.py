@@ -119,6 +119,12 @@ def spans() -> list[ReadableSpan]:
     for value in (True, 1, 1.0, "1"):
         with other.start_as_current_span("same key", kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute("x", value)
+    # Arrays too: (1, 0) == (True, False) == (1.0, 0.0).
+    for array in ((1, 0), (True, False), (1.0, 0.0)):
+        with other.start_as_current_span("same key, arrays") as span:
+            span.set_attribute("pair", array)
+    with other.start_as_current_span("consumer", kind=trace.SpanKind.CONSUMER):
+        pass
     with other.start_as_current_span("consumer", kind=trace.SpanKind.CONSUMER):
         pass
     # Over the limits: the counts of what was dropped travel with the span.
@@ -131,10 +137,22 @@ def spans() -> list[ReadableSpan]:
         crowded.set_attributes({"one": 1, "two": 2, "three": 3})
         crowded.add_event("first")
         crowded.add_event("second")
+    # A value that cannot be hashed (the SDK's spans hold tuples; a hand-made span may not).
+    [crowded_span] = limited_exporter.get_finished_spans()
+    unhashable = ReadableSpan(
+        "hand-made",
+        context=SpanContext(0x1, 0x2, is_remote=False),
+        attributes={"list": [1, 2], "plain": "yes"},  # type: ignore[dict-item]
+        resource=crowded_span.resource,
+        instrumentation_scope=crowded_span.instrumentation_scope,
+        start_time=1,
+        end_time=2,
+    )
     return [
         *exporter.get_finished_spans(),
         *other_exporter.get_finished_spans(),
         *limited_exporter.get_finished_spans(),
+        unhashable,
     ]
 
 
