@@ -19,7 +19,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
-from service.observability.logging import configure_logging, reset_logging
+from service.observability.logging import (
+    bound_log_context,
+    clear_log_context,
+    configure_logging,
+    reset_logging,
+)
 from service.settings import ObservabilitySettings, Settings
 from tests.conftest import REDIS_URL, make_settings
 from tests.factories import API, make_account, make_item
@@ -178,6 +183,39 @@ async def test_access_line_has_the_canonical_fields(
     assert int(flags, 16) & 0x01  # sampled
     assert span.context is not None
     assert span_id == format(span.context.span_id, "016x")
+
+
+async def test_what_a_request_binds_is_gone_when_it_ends(
+    client: httpx.AsyncClient, json_logs: LogFile
+) -> None:
+    """The test client runs the app in the test's own context, as any caller that reuses one
+    would: the user ID bound by one request must not reach the next (anonymous) one's line."""
+    account = await make_account(client)
+    await client.get(f"{API}/items", headers=account.headers)
+    await client.get(f"{API}/info")
+    signed_in, anonymous = json_logs.access_lines()[-2:]
+    assert signed_in["user_id"] == account.id
+    assert "user_id" not in anonymous
+    assert anonymous["request_id"] != signed_in["request_id"]
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_bound_log_context_reads_what_structlog_would() -> None:
+    structlog.contextvars.clear_contextvars()
+    try:
+        assert bound_log_context() == structlog.contextvars.get_contextvars() == {}
+        structlog.contextvars.bind_contextvars(request_id="r-1", user_id=7, note=None)
+        structlog.contextvars.unbind_contextvars("note")
+        assert bound_log_context() == structlog.contextvars.get_contextvars()
+        assert bound_log_context() == {"request_id": "r-1", "user_id": 7}
+        with structlog.contextvars.bound_contextvars(user_id=8, extra="x"):
+            assert bound_log_context() == structlog.contextvars.get_contextvars()
+            assert bound_log_context()["user_id"] == 8
+        assert bound_log_context() == {"request_id": "r-1", "user_id": 7}
+        clear_log_context()
+        assert bound_log_context() == structlog.contextvars.get_contextvars() == {}
+    finally:
+        structlog.contextvars.clear_contextvars()
 
 
 async def test_domain_log_lines_carry_request_and_trace_ids(

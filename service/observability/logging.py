@@ -245,6 +245,29 @@ class _NamedWriteLoggerFactory:
 
 _json_output: _JsonOutput | None = None
 _access_logger = structlog.get_logger("glasshouse.access")
+# structlog's registry of its context variables, one per key ever bound (request_id, user_id):
+# the request path reads and clears these few instead of scanning the whole context.
+_STRUCTLOG_VARS = structlog.contextvars._CONTEXT_VARS
+_STRUCTLOG_PREFIX_LENGTH = len(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
+
+
+def bound_log_context() -> dict[str, Any]:
+    """What is bound with structlog.contextvars.bind_contextvars: get_contextvars() without
+    its scan of every variable in the context (asyncio's, OpenTelemetry's, the libraries'),
+    which it does to find its own (tests/test_observability.py checks they agree)."""
+    context = {}
+    for name, variable in _STRUCTLOG_VARS.items():
+        value = variable.get()
+        if value is not Ellipsis:
+            context[name[_STRUCTLOG_PREFIX_LENGTH:]] = value
+    return context
+
+
+def clear_log_context() -> None:
+    """structlog.contextvars.clear_contextvars(), reading structlog's variables only."""
+    for variable in _STRUCTLOG_VARS.values():
+        if variable.get() is not Ellipsis:
+            variable.set(Ellipsis)
 
 
 def write_access_line(
@@ -262,7 +285,7 @@ def write_access_line(
         return
     # Redaction where a secret could come from: what code bound to the request's context,
     # and the path the client sent. The other fields are numbers and names this service made.
-    line = redact_secrets(None, "", structlog.contextvars.get_contextvars())
+    line = redact_secrets(None, "", bound_log_context())
     path = fields.get("path")
     if isinstance(path, str) and ("://" in path or "earer" in path):
         fields["path"] = _redact_text(path)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InternalError, raw_problem
 from service.observability.http_metrics import HttpMetrics
-from service.observability.logging import write_access_line
+from service.observability.logging import clear_log_context, write_access_line
 from service.observability.tracing import PROPAGATION_HEADERS, ServerSpans
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -186,7 +186,7 @@ class RequestContextMiddleware:
                 )
             if self.access_log_enabled and (status >= 400 or not probe):
                 _log_access(scope, route, status, response_bytes, started, span_context)
-            structlog.contextvars.clear_contextvars()
+            clear_log_context()
             if own_span is not None:
                 if own_span.is_recording():
                     ServerSpans.describe(
