@@ -101,6 +101,15 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, kind) if kind else None
 
 
+class _QuietOnHangUp(ThreadingHTTPServer):
+    """An exporter that goes away mid-answer (a worker stopped with a connection kept open)
+    is no error of the sink's: it is not printed as one."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
 def running_otlp_sink() -> Iterator[OtlpSink]:
     sink = OtlpSink()
@@ -125,7 +134,7 @@ def running_otlp_sink() -> Iterator[OtlpSink]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _QuietOnHangUp(("127.0.0.1", 0), Handler)
     sink.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
