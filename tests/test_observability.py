@@ -185,6 +185,30 @@ async def test_access_line_has_the_canonical_fields(
     assert span_id == format(span.context.span_id, "016x")
 
 
+async def test_console_access_lines_name_the_trace_too(
+    observed_settings: Settings,
+    exporter: InMemorySpanExporter,
+    empty_database: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    """Development's console lines: the access line is written after the span has ended, with
+    its IDs handed over rather than read from the current context."""
+    path = tmp_path / "console.log"
+    with path.open("w") as stream:
+        configure_logging(json=False, level="INFO", stream=stream, cache_loggers=False)
+        try:
+            async with traced_client(observed_settings, exporter) as client:
+                await client.get(f"{API}/info")
+        finally:
+            reset_logging()
+            logging.getLogger().handlers.clear()
+    [span] = server_spans(exporter)
+    [line] = [
+        line for line in path.read_text().splitlines() if "request" in line and "/info" in line
+    ]
+    assert f"trace_id={trace_hex(span)}" in re.sub(r"\x1b\[[0-9;]*m", "", line)
+
+
 async def test_what_a_request_binds_is_gone_when_it_ends(
     client: httpx.AsyncClient, json_logs: LogFile
 ) -> None:

@@ -279,6 +279,9 @@ def write_access_line(
     ``span_context``: the request's, when the caller has it (else the current span's)."""
     output = _json_output
     if output is None:
+        if span_context is not None and span_context.is_valid:
+            fields["trace_id"] = format(span_context.trace_id, "032x")
+            fields["span_id"] = format(span_context.span_id, "016x")
         (_access_logger.error if failed else _access_logger.info)("request", **fields)
         return
     if (logging.ERROR if failed else logging.INFO) < output.level:

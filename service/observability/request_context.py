@@ -79,7 +79,7 @@ class RouteTemplates:
 
 class RequestContextMiddleware:
     """``server_spans``: when tracing is on, the request's server span is started and ended
-    here too, around everything else, so that the access line lands inside it."""
+    here too, around the app; the access line carries its trace and span IDs."""
 
     def __init__(
         self,
@@ -175,6 +175,17 @@ class RequestContextMiddleware:
             raise
         finally:
             route = self.routes.template(scope.get("route"))
+            if own_span is not None:
+                # Ended first, so that nothing below can leave it open or attached; the access
+                # line is handed its context.
+                try:
+                    if own_span.is_recording():
+                        ServerSpans.describe(
+                            own_span, scope, route=route, status=status, request_id=request_id
+                        )
+                    own_span.end()
+                finally:
+                    otel_context.detach(token)
             if measured:
                 self.http_metrics.finished(  # type: ignore[union-attr]
                     method=scope["method"],
@@ -187,13 +198,6 @@ class RequestContextMiddleware:
             if self.access_log_enabled and (status >= 400 or not probe):
                 _log_access(scope, route, status, response_bytes, started, span_context)
             clear_log_context()
-            if own_span is not None:
-                if own_span.is_recording():
-                    ServerSpans.describe(
-                        own_span, scope, route=route, status=status, request_id=request_id
-                    )
-                own_span.end()
-                otel_context.detach(token)
 
 
 async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> None:
