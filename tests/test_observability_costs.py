@@ -14,6 +14,7 @@ import pytest
 import structlog
 from asgi_lifespan import LifespanManager
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import INVALID_SPAN_CONTEXT as NO_SPAN
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -181,6 +182,9 @@ async def test_access_line_follows_the_log_level(
 async def test_access_lines_wait_in_the_buffer_but_never_out_of_order(tmp_path: Path) -> None:
     path = tmp_path / "service.log"
 
+    def access(request_path: str) -> None:
+        write_access_line({"path": request_path, "status": 200}, failed=False, span_context=NO_SPAN)
+
     def logged() -> list[str]:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         return [line.get("path") or line["event"] for line in lines]
@@ -188,14 +192,14 @@ async def test_access_lines_wait_in_the_buffer_but_never_out_of_order(tmp_path: 
     with path.open("w") as stream:
         configure_logging(json=True, stream=stream, cache_loggers=False, access_flush_seconds=0.2)
         try:
-            write_access_line({"path": "/first", "status": 200}, failed=False)
+            access("/first")
             assert logged() == []  # buffered
             await asyncio.sleep(0.4)
             assert logged() == ["/first"]  # flushed by the timer
-            write_access_line({"path": "/second", "status": 200}, failed=False)
+            access("/second")
             structlog.get_logger("tests").info("domain_event")  # flushes what waits before it
             assert logged() == ["/first", "/second", "domain_event"]
-            write_access_line({"path": "/last", "status": 200}, failed=False)
+            access("/last")
             flush_logs()  # as the lifespan does at shutdown
             assert logged() == ["/first", "/second", "domain_event", "/last"]
         finally:
