@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractAsyncContextManager, ExitStack
+from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,30 @@ from tests.conftest import FAST_HASHING, REDIS_URL  # noqa: E402
 from tests.processes import migrated_postgres_database, running_otlp_sink  # noqa: E402
 
 
-def serve_sink(port: Any) -> None:
-    """In a process of its own: what it spends decoding spans is not the app's CPU time."""
+def _serve_sink(port: Any) -> None:
     with running_otlp_sink() as sink:
         port.value = sink.port
         while True:
             time.sleep(3600)
+
+
+@contextmanager
+def sink_in_its_own_process() -> Iterator[str]:
+    """An OTLP sink in a process of its own (what it spends receiving spans is not the app's
+    CPU time), set as the exporter's endpoint (the SDK reads it from the environment)."""
+    port = multiprocessing.get_context("spawn").Value("i", 0)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_sink, args=(port,), daemon=True
+    )
+    process.start()
+    try:
+        while not port.value:
+            time.sleep(0.05)
+        endpoint = f"http://127.0.0.1:{port.value}"
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        yield endpoint
+    finally:
+        process.kill()
 
 
 @dataclass
@@ -247,18 +265,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=50, help="requests per cycle")
     parser.add_argument("--endpoints", default="a,b,c,d")
     args = parser.parse_args()
-    port = multiprocessing.get_context("spawn").Value("i", 0)
-    sink_process = multiprocessing.get_context("spawn").Process(
-        target=serve_sink, args=(port,), daemon=True
-    )
-    sink_process.start()
     with ExitStack() as stack:
-        stack.callback(sink_process.kill)
-        while not port.value:
-            time.sleep(0.05)
-        sink = f"http://127.0.0.1:{port.value}"
-        # The SDK's exporter reads its endpoint from the environment.
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink
+        sink = stack.enter_context(sink_in_its_own_process())
         # JSON logs, as in production, to a file nobody reads: writing them is part of the cost.
         log = stack.enter_context(tempfile.TemporaryFile("w"))
         configure_logging(

@@ -102,53 +102,42 @@ def report(counts: dict[str, dict[str, float]]) -> list[str]:
 
 def child(variant: str, endpoint: str, requests: int) -> None:
     """Inside valgrind: one variant's app, warmed up, then ``requests`` requests."""
-    import multiprocessing
-    import time
-
     from bench import inprocess
     from service.main import create_app
     from service.observability.logging import configure_logging
     from service.server import tune_garbage_collector
     from service.settings import ServerSettings
 
-    port = multiprocessing.get_context("spawn").Value("i", 0)
-    sink = multiprocessing.get_context("spawn").Process(
-        target=inprocess.serve_sink, args=(port,), daemon=True
-    )
-    sink.start()
-    try:
-        while not port.value:
-            time.sleep(0.05)
-        endpoint_url = f"http://127.0.0.1:{port.value}"
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint_url
+    with (
+        inprocess.sink_in_its_own_process() as endpoint_url,
+        tempfile.TemporaryFile("w") as log,
+        inprocess.migrated_postgres_database() as url,
+    ):
         # The span exporter sends by batch size only, as it does under load (see PERIODIC).
         os.environ["OTEL_BSP_SCHEDULE_DELAY"] = str(PERIODIC_SECONDS * 1000)
-        with tempfile.TemporaryFile("w") as log, inprocess.migrated_postgres_database() as url:
-            configure_logging(json=True, stream=log, access_flush_seconds=PERIODIC_SECONDS)
-            settings = inprocess.settings_for(variant, url, endpoint_url)
-            observability = settings.observability.model_copy(
-                update={"metrics_flush_seconds": PERIODIC_SECONDS}
-            )
-            settings = settings.model_copy(update={"observability": observability})
+        configure_logging(json=True, stream=log, access_flush_seconds=PERIODIC_SECONDS)
+        settings = inprocess.settings_for(variant, url, endpoint_url)
+        observability = settings.observability.model_copy(
+            update={"metrics_flush_seconds": PERIODIC_SECONDS}
+        )
+        settings = settings.model_copy(update={"observability": observability})
 
-            async def run() -> None:
-                app = inprocess.App(create_app(settings))
-                await app.start()
-                try:
-                    await app.sign_up()
-                    request = app.request(endpoint)
-                    for _ in range(WARM_UP):
-                        await app.call(*request)
-                    tune_garbage_collector(ServerSettings().gc_young_threshold)
-                    for _ in range(requests):
-                        status, body = await app.call(*request)
-                        assert status < 300, (status, body)
-                finally:
-                    await app.stop()
+        async def run() -> None:
+            app = inprocess.App(create_app(settings))
+            await app.start()
+            try:
+                await app.sign_up()
+                request = app.request(endpoint)
+                for _ in range(WARM_UP):
+                    await app.call(*request)
+                tune_garbage_collector(ServerSettings().gc_young_threshold)
+                for _ in range(requests):
+                    status, body = await app.call(*request)
+                    assert status < 300, (status, body)
+            finally:
+                await app.stop()
 
-            asyncio.run(run())
-    finally:
-        sink.kill()
+        asyncio.run(run())
 
 
 def main() -> int:
