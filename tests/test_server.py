@@ -12,6 +12,7 @@ from service.settings import ServerSettings
 @pytest.fixture
 def restored_collector() -> Iterator[None]:
     thresholds = gc.get_threshold()
+    gc.unfreeze()
     yield
     gc.unfreeze()
     gc.set_threshold(*thresholds)
@@ -20,9 +21,14 @@ def restored_collector() -> Iterator[None]:
 @pytest.mark.usefixtures("restored_collector")
 def test_the_startup_heap_is_frozen_and_young_collections_are_rarer() -> None:
     _, middle, oldest = gc.get_threshold()
-    kept = [object() for _ in range(10)]  # stands for what the worker built before it was ready
+    # Stands for what the worker built before it was ready (lists: tracked by the collector).
+    kept = [[index] for index in range(10)]
+    assert gc.get_freeze_count() == 0
     young = ServerSettings().gc_young_threshold
     tune_garbage_collector(young)
+    # Frozen objects leave the generations the collector walks.
+    walked = {id(tracked) for tracked in gc.get_objects()}
+    assert not any(id(startup) in walked for startup in kept)
     assert gc.get_freeze_count() >= len(kept)
     assert gc.get_threshold() == (young, middle, oldest)
     assert young > 700  # rarer than CPython's default
