@@ -49,7 +49,8 @@ def make_lifespan(
         engine = create_engine(settings.database)
         observability.observe_engine(app, engine, settings, tracer_provider)
         caches = build_caches(settings)
-        observability.observe_cache(caches, tracer_provider)
+        caches.start()
+        observability.observe_cache(app, caches, tracer_provider)
         try:
             await _wait_for_database(engine, settings)
             if settings.should_auto_migrate:

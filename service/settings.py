@@ -136,6 +136,27 @@ class CacheSettings(BaseModel):
     breaker_open_seconds: Annotated[
         float, Field(gt=0, description="Time Redis is left alone before one probe call.")
     ] = 5.0
+    near_cache: Annotated[
+        bool,
+        Field(
+            description="Keep copies of cached answers in each worker, which Redis keeps "
+            "coherent (client-side caching; Redis only)."
+        ),
+    ] = True
+    near_cache_max_entries: Annotated[
+        int, Field(ge=1, description="Copies kept per worker (the oldest go first).")
+    ] = 10_000
+    near_cache_max_age_seconds: Annotated[
+        float, Field(gt=0, description="Longest a worker keeps one copy.")
+    ] = 10.0
+    near_cache_heartbeat_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="PING interval of the invalidation connection; copies are "
+            "dropped when a PING is unanswered this long.",
+        ),
+    ] = 1.0
 
 
 class RateLimitSettings(BaseModel):

@@ -13,6 +13,7 @@ from typing import TypeVar
 import structlog
 from redis.exceptions import RedisError
 
+from service.cache.near import NearCache
 from service.cache.store import Store
 from service.observability import cache_events
 from service.settings import CacheSettings
@@ -76,10 +77,16 @@ class CircuitBreaker:
 class Cache:
     """Fail-open access to the store. ``None`` from a read means "unavailable": callers go to
     the database. Version bumps that fail are kept and applied before anything else once the
-    store is back, so an invalidation is late at worst, never lost."""
+    store is back, so an invalidation is late at worst, never lost.
 
-    def __init__(self, store: Store | None, settings: CacheSettings) -> None:
+    ``near``: copies of what was read, in this process, that Redis keeps coherent
+    (service/cache/near.py); served only while the breaker is closed."""
+
+    def __init__(
+        self, store: Store | None, settings: CacheSettings, near: NearCache | None = None
+    ) -> None:
         self.store = store
+        self.near = near
         self.settings = settings
         self.breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures, open_seconds=settings.breaker_open_seconds
@@ -92,19 +99,38 @@ class Cache:
 
     async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
         store = self.store
-        return (await self._call(lambda: store.get_many(keys)))[1] if store else None
+        if store is None:
+            return None
+        near = self.near
+        if near is None:
+            return (await self._call(lambda: store.get_many(keys)))[1]
+        if self.breaker.state is BreakerState.closed:
+            found = near.get_many(keys)
+            if found is not None:
+                return found
+        since = near.reading()
+        done, found = await self._call(lambda: store.get_many(keys))
+        if done and found is not None:
+            near.keep(keys, found, since)
+        return found
 
     async def set_many(self, items: dict[str, bytes], ttl_seconds: int) -> None:
         store = self.store
         if store is not None:
-            await self._call(lambda: store.set_many(items, ttl_seconds))
+            try:
+                await self._call(lambda: store.set_many(items, ttl_seconds))
+            finally:
+                self._forget_copies(list(items))
 
     async def set_versions(self, items: dict[str, bytes], ttl_seconds: int) -> None:
         """Writes that invalidate: retried once the store is reachable again if they fail."""
         store = self.store
         if store is None:
             return
-        done, _ = await self._call(lambda: store.set_many(items, ttl_seconds))
+        try:
+            done, _ = await self._call(lambda: store.set_many(items, ttl_seconds))
+        finally:
+            self._forget_copies(list(items))
         if not done:
             self._pending_writes.update(items)
 
@@ -121,7 +147,10 @@ class Cache:
     async def delete(self, key: str) -> None:
         store = self.store
         if store is not None:
-            await self._call(lambda: store.delete(key))
+            try:
+                await self._call(lambda: store.delete(key))
+            finally:
+                self._forget_copies([key])
 
     async def ping(self) -> None:
         """For health checks: the real state of the store, breaker or not."""
@@ -130,9 +159,21 @@ class Cache:
         async with asyncio.timeout(self.settings.operation_timeout_seconds * 5):
             await self.store.ping()
 
+    def start(self) -> None:
+        if self.near is not None:
+            self.near.start()
+
     async def close(self) -> None:
+        if self.near is not None:
+            await self.near.close()
         if self.store is not None:
             await self.store.close()
+
+    def _forget_copies(self, keys: list[str]) -> None:
+        """After this worker wrote keys, succeeded or not: its own next read must not be
+        answered from a copy older than the write (Redis's message about it comes later)."""
+        if self.near is not None:
+            self.near.forget(keys)
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         """(done, result): done is False when the store was skipped or failed."""
@@ -158,3 +199,5 @@ class Cache:
         except BaseException:
             self._pending_writes = {**pending, **self._pending_writes}
             raise
+        finally:
+            self._forget_copies(list(pending))

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.cache.near import NearCache, NearCacheUnsupportedError
 from service.cache.resilient import Cache
 from service.cache.scoped import UserScopedCache
 from service.cache.store import MemoryStore, RedisStore, Store
@@ -24,6 +25,9 @@ class Caches:
     store: Cache  # also backs the login rate limit
     auth: UserScopedCache
     items: UserScopedCache
+
+    def start(self) -> None:
+        self.store.start()
 
     async def close(self) -> None:
         await self.store.close()
@@ -57,8 +61,27 @@ def _store(settings: Settings) -> Store | None:
     return None
 
 
+def _near_cache(settings: Settings, namespaces: list[str]) -> NearCache | None:
+    cache = settings.cache
+    if not (settings.redis_url and cache.enabled and cache.near_cache):
+        return None
+    try:
+        return NearCache(
+            settings.redis_url,
+            prefixes=[f"{cache.key_prefix}:{namespace}:" for namespace in namespaces],
+            max_entries=cache.near_cache_max_entries,
+            max_age_seconds=cache.near_cache_max_age_seconds,
+            heartbeat_seconds=cache.near_cache_heartbeat_seconds,
+            connect_timeout_seconds=cache.connect_timeout_seconds,
+        )
+    except NearCacheUnsupportedError as error:
+        log.warning("near_cache_disabled", reason=str(error))
+        return None
+
+
 def build_caches(settings: Settings) -> Caches:
-    store = Cache(_store(settings), settings.cache)
+    """Call ``start()`` inside the event loop, ``close()`` at shutdown."""
+    store = Cache(_store(settings), settings.cache, near=_near_cache(settings, ["auth", "items"]))
     prefix = settings.cache.key_prefix
     # Disabling the response cache keeps the store for rate limiting.
     response_store = store if settings.cache.enabled else Cache(None, settings.cache)

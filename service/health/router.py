@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from service import __version__
+from service.cache.near import NearCache
 from service.db.migrate import is_at_head
 from service.dependencies import StateDep
 from service.lifespan import AppState
@@ -58,6 +59,9 @@ class Health(BaseModel):
     uptime_seconds: float
     checks: dict[str, DependencyCheck]
     cache_breaker: str
+    # live: this worker serves copies Redis keeps coherent; down: its invalidation connection
+    # is not up, so every read goes to Redis; off: no near cache configured.
+    near_cache: str
 
 
 async def _timed(check: Callable[[], Awaitable[object]], limit_seconds: float) -> DependencyCheck:
@@ -150,4 +154,11 @@ async def health(state: StateDep, response: Response) -> Health:
         uptime_seconds=round(state["lifecycle"].uptime_seconds, 1),
         checks={"database": database, "redis": redis},
         cache_breaker=state["caches"].store.breaker.state.value,
+        near_cache=_near_cache_state(state["caches"].store.near),
     )
+
+
+def _near_cache_state(near: NearCache | None) -> str:
+    if near is None:
+        return "off"
+    return "live" if near.live else "down"

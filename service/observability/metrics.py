@@ -72,6 +72,22 @@ CACHE_AVAILABLE = Gauge(
     "1 while the cache answers; 0 while a worker's circuit breaker skips it (lowest worker).",
     multiprocess_mode="livemin",
 )
+# Tallied by the near cache (service/cache/near.py) and added at each metrics flush.
+CACHE_NEAR_HITS = Counter(
+    "glasshouse_cache_near_hits_total",
+    "Cache lookups answered from a worker's own copies, without a Redis round trip.",
+)
+CACHE_NEAR_INVALIDATIONS = Counter(
+    "glasshouse_cache_near_invalidations_total",
+    "Invalidation messages from Redis read by the near cache.",
+)
+CACHE_NEAR_RESETS = Counter(
+    "glasshouse_cache_near_resets_total",
+    "Times a worker dropped all its copies: its invalidation connection was lost or silent.",
+)
+CACHE_NEAR_ENTRIES = Gauge(
+    "glasshouse_cache_near_entries", "Copies held by the near cache.", multiprocess_mode="livesum"
+)
 RATE_LIMITED = Counter(
     "glasshouse_rate_limited_total", "Requests refused by a rate limit, by limit.", ["limit"]
 )

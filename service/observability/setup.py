@@ -3,6 +3,7 @@ these; nothing else in the service needs to know how observability is done."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
+from service.cache.near import NearCache
 from service.cache.setup import Caches
 from service.cache.store import RedisStore
 from service.observability import metrics, tracing
@@ -101,10 +103,34 @@ def observe_engine(
         _sample_pool(engine, settings, http_metrics)
 
 
-def observe_cache(caches: Caches, provider: TracerProvider | None) -> None:
+def observe_cache(app: FastAPI, caches: Caches, provider: TracerProvider | None) -> None:
     store = caches.store.store
     if provider is not None and isinstance(store, RedisStore):
         tracing.trace_redis_store(store, provider)
+    near = caches.store.near
+    http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
+    if near is not None and http_metrics is not None:
+        http_metrics.sample_on_flush(_near_cache_sampler(near))
+
+
+def _near_cache_sampler(near: NearCache) -> Callable[[], None]:
+    """The near cache's tallies since the last flush, added to its counters."""
+    published = {"hits": 0, "invalidations": 0, "resets": 0}
+    counters = {
+        "hits": metrics.CACHE_NEAR_HITS,
+        "invalidations": metrics.CACHE_NEAR_INVALIDATIONS,
+        "resets": metrics.CACHE_NEAR_RESETS,
+    }
+
+    def sample() -> None:
+        for name, counter in counters.items():
+            total = getattr(near, name)
+            if total > published[name]:
+                counter.inc(total - published[name])
+                published[name] = total
+        metrics.CACHE_NEAR_ENTRIES.set(near.entries)
+
+    return sample
 
 
 def _sample_pool(engine: AsyncEngine, settings: Settings, http_metrics: HttpMetrics) -> None:
