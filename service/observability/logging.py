@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import orjson
@@ -267,6 +267,16 @@ def bound_log_context() -> dict[str, Any]:
         if value is not Ellipsis:
             context[name[_STRUCTLOG_PREFIX_LENGTH:]] = value
     return context
+
+
+def log_context_setter(key: str) -> Callable[[Any], object]:
+    """Sets one key of the log context, as bind_contextvars(key=value) does, without its
+    per-call key formatting, registry lookup and token mapping (a key bound on every request)."""
+    name = structlog.contextvars.STRUCTLOG_KEY_PREFIX + key
+    if name not in _STRUCTLOG_VARS:
+        # structlog makes its variable; Ellipsis is what it reads as "not bound".
+        structlog.contextvars.bind_contextvars(**{key: Ellipsis})
+    return _STRUCTLOG_VARS[name].set
 
 
 def clear_log_context() -> None:
