@@ -32,13 +32,14 @@ def _wait_for_port(port: int, timeout: float = 10) -> None:
 class RedisServer:
     """A throwaway redis-server on a free loopback port, stopped and started at will."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (the project's machines have it)")
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.extra_args = extra_args  # more redis-server options ("--rename-command", ...)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,6 +60,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -73,8 +75,8 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(workdir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir)
+def running_redis(workdir: Path, *extra_args: str) -> Iterator[RedisServer]:
+    server = RedisServer(workdir, *extra_args)
     server.start()
     try:
         yield server

@@ -224,6 +224,32 @@ async def test_a_silent_redis_stops_the_copies_within_two_heartbeats(
             assert near.get_many([key]) is None  # nothing survived the silence
 
 
+async def test_a_redis_that_refuses_tracking_is_asked_again_rarely(tmp_path: Path) -> None:
+    """CLIENT disabled (as an ACL or an older server would): no copies, reads go to Redis, and
+    the worker does not reconnect every heartbeat."""
+    with running_redis(tmp_path, "--rename-command", "CLIENT", "") as redis_server:
+        counter = Redis.from_url(redis_server.url)
+        near = NearCache(
+            redis_server.url,
+            prefixes=["refused:"],
+            max_entries=10,
+            max_age_seconds=60,
+            heartbeat_seconds=0.05,
+            connect_timeout_seconds=0.5,
+        )
+        try:
+            before = (await counter.info("stats"))["total_connections_received"]
+            near.start()
+            await asyncio.sleep(0.6)  # a dozen heartbeats
+            assert not near.live
+            assert near.get_many(["refused:key"]) is None
+            after = (await counter.info("stats"))["total_connections_received"]
+            assert after - before == 1  # one attempt, refused; the next is a minute away
+        finally:
+            await near.close()
+            await counter.aclose()
+
+
 async def test_tls_urls_run_without_copies() -> None:
     from service.cache.setup import build_caches
 

@@ -16,8 +16,14 @@ if body then
   wrk.headers["Content-Type"] = "application/json"
 end
 
+-- wrk waits whole milliseconds: a fractional delay is dithered between its two neighbours,
+-- so that the mean wait is the one asked for (3.4 ms was 3 ms, and the steady load 20% high).
 function delay()
-  return delay_ms
+  local whole = math.floor(delay_ms)
+  if math.random() < delay_ms - whole then
+    return whole + 1
+  end
+  return whole
 end
 
 function done(summary, latency, requests)

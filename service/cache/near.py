@@ -55,6 +55,14 @@ def _command(*parts: str) -> bytes:
 _PING = _command("PING")
 
 
+# How long to wait before asking again a server that refused a command of the setup.
+REFUSED_RETRY_SECONDS = 60.0
+
+
+class TrackingRefusedError(ConnectionError):
+    """Redis answered the setup with an error (unknown command, no permission)."""
+
+
 class NearCacheUnsupportedError(ValueError):
     """The Redis URL is one this module cannot follow (TLS)."""
 
@@ -199,7 +207,11 @@ class NearCache:
                 if not reported_down:
                     log.warning("near_cache_unavailable", error=f"{type(error).__name__}: {error}")
                     reported_down = True
-                await asyncio.sleep(self.heartbeat_seconds)
+                # A server that refuses tracking (an old Redis, a look-alike, an ACL without
+                # CLIENT or SUBSCRIBE) will not change its mind soon: ask again in a minute,
+                # not every heartbeat.
+                refused = isinstance(error, TrackingRefusedError)
+                await asyncio.sleep(REFUSED_RETRY_SECONDS if refused else self.heartbeat_seconds)
                 continue
             if reported_down:
                 log.info("near_cache_connected")
@@ -338,7 +350,7 @@ async def _replies(
                 raise ConnectionError("Redis closed the connection")
             reader.feed(data)
         elif isinstance(reply, hiredis.ReplyError):
-            raise ConnectionError(f"Redis refused: {reply}")
+            raise TrackingRefusedError(f"Redis refused: {reply}")
         else:
             replies.append(reply)
     return replies
