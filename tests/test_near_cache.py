@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +23,7 @@ from service.settings import CacheSettings
 from tests.conftest import REDIS_URL, Backend, make_settings, running_app
 from tests.factories import API, make_account, make_item
 from tests.faults import ProxyMode, running_proxy, running_redis
+from tests.processes import Gunicorn, migrated_postgres_database, running_gunicorn
 
 
 @pytest.fixture
@@ -297,3 +299,44 @@ async def test_a_write_on_one_worker_is_read_on_another(
 
         detail = await second.client.get("/health")
         assert detail.json()["near_cache"] == "live"
+
+
+def test_gunicorn_workers_serve_copies_and_every_read_sees_the_last_write(tmp_path: Path) -> None:
+    """The production shape: two workers, each with its own copies. After each update,
+    whichever worker it went through, every read through either worker has the new title."""
+    with (
+        migrated_postgres_database() as database_url,
+        running_gunicorn(
+            database_url,
+            tmp_path,
+            REDIS_URL=REDIS_URL,
+            GLASSHOUSE_CACHE__KEY_PREFIX=f"gh-near-e2e-{uuid.uuid4().hex[:12]}",
+        ) as server,
+    ):
+        headers = server.new_account_headers()
+        items = f"{server.url}/api/v1/items"
+        created = httpx.post(items, json={"title": "version 0"}, headers=headers)
+        assert created.status_code == 201, created.text
+        item = f"{items}/{created.json()['id']}"
+        for version in range(1, 4):
+            # A new connection per request: the kernel spreads them over both workers.
+            titles = {httpx.get(item, headers=headers).json()["title"] for _ in range(30)}
+            assert titles == {f"version {version - 1}"}
+            updated = httpx.patch(item, json={"title": f"version {version}"}, headers=headers)
+            assert updated.status_code == 200, updated.text
+        titles = {httpx.get(item, headers=headers).json()["title"] for _ in range(30)}
+        assert titles == {"version 3"}
+
+        deadline = time.monotonic() + 5
+        while (hits := near_hits(server)) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert hits > 0
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["near_cache"] == "live"
+
+
+def near_hits(server: Gunicorn) -> float:
+    for line in httpx.get(server.metrics_url).text.splitlines():
+        if line.startswith("glasshouse_cache_near_hits_total "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
