@@ -10,7 +10,11 @@ ITEM_JSON = (
     b'"updated_at":"2026-11-24T21:00:00Z"}'
 )
 
-app = FastAPI()
+# FastAPI's native telemetry off, as in the service (service/main.py): the ceiling pays no
+# per-request check the service does not pay either.
+app = FastAPI(
+    telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+)
 
 
 @app.get("/health/live")

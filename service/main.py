@@ -28,6 +28,12 @@ def create_app(
         version=__version__,
         summary="Users, JWT auth with roles, and items owned by users.",
         lifespan=make_lifespan(settings, lifecycle, tracer_provider),
+        # FastAPI's native OpenTelemetry (0.165) traces, counts and logs every request as soon
+        # as a global provider exists (opentelemetry-instrument sets one) or
+        # FASTAPI_OTEL_AUTO_CONFIGURE=true: a second server span and its sub-spans per request
+        # beside the service's own (service/observability). Off, and it stops looking the
+        # global providers up on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     # The server flips it on SIGTERM (service/server.py); readiness reads it from the state.
     app.state.lifecycle = lifecycle

@@ -518,3 +518,52 @@ async def test_domain_metrics_count_events(client: httpx.AsyncClient) -> None:
         assert value(after, key) - value(before, key) == delta, key
     assert 'glasshouse_app_info{build="dev",version=' in after
     assert 'glasshouse_cache_requests_total{result="hit"}' in after
+
+
+# Run in a process of its own: a global tracer provider can be set once per process.
+_GLOBAL_PROVIDER_SCRIPT = """
+import asyncio, httpx, sys
+from asgi_lifespan import LifespanManager
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+from service.main import create_app
+from tests.conftest import make_settings
+
+global_spans = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(global_spans))
+trace.set_tracer_provider(provider)  # as opentelemetry-instrument, or another library, would
+
+async def main():
+    ours = InMemorySpanExporter()
+    app = create_app(make_settings("sqlite+aiosqlite://"), span_exporter=ours)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/api/v1/info")).status_code == 200
+    print(len(global_spans.get_finished_spans()), len(ours.get_finished_spans()))
+
+asyncio.run(main())
+"""
+
+
+def test_fastapis_own_telemetry_stays_off_when_a_global_provider_is_set() -> None:
+    """FastAPI 0.165 traces every request itself once a global tracer provider exists; the
+    service traces its own, so that would be a second server span per request."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER_SCRIPT],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    global_count, our_count = completed.stdout.split()[-2:]
+    assert (global_count, our_count) == ("0", "1")
