@@ -117,20 +117,14 @@ class Cache:
     async def set_many(self, items: dict[str, bytes], ttl_seconds: int) -> None:
         store = self.store
         if store is not None:
-            try:
-                await self._call(lambda: store.set_many(items, ttl_seconds))
-            finally:
-                self._forget_copies(list(items))
+            await self._write(list(items), lambda: store.set_many(items, ttl_seconds))
 
     async def set_versions(self, items: dict[str, bytes], ttl_seconds: int) -> None:
         """Writes that invalidate: retried once the store is reachable again if they fail."""
         store = self.store
         if store is None:
             return
-        try:
-            done, _ = await self._call(lambda: store.set_many(items, ttl_seconds))
-        finally:
-            self._forget_copies(list(items))
+        done = await self._write(list(items), lambda: store.set_many(items, ttl_seconds))
         if not done:
             self._pending_writes.update(items)
 
@@ -147,10 +141,7 @@ class Cache:
     async def delete(self, key: str) -> None:
         store = self.store
         if store is not None:
-            try:
-                await self._call(lambda: store.delete(key))
-            finally:
-                self._forget_copies([key])
+            await self._write([key], lambda: store.delete(key))
 
     async def ping(self) -> None:
         """For health checks: the real state of the store, breaker or not."""
@@ -168,6 +159,14 @@ class Cache:
             await self.near.close()
         if self.store is not None:
             await self.store.close()
+
+    async def _write(self, keys: list[str], operation: Callable[[], Awaitable[None]]) -> bool:
+        """A write through the breaker; whether it was done."""
+        try:
+            done, _ = await self._call(operation)
+        finally:
+            self._forget_copies(keys)
+        return done
 
     def _forget_copies(self, keys: list[str]) -> None:
         """After this worker wrote keys, succeeded or not: its own next read must not be
