@@ -14,6 +14,7 @@ import httpx
 import pytest
 import structlog
 from asgi_lifespan import LifespanManager
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +25,7 @@ from service.observability.logging import (
     clear_log_context,
     configure_logging,
     reset_logging,
+    write_access_line,
 )
 from service.settings import ObservabilitySettings, Settings
 from tests.conftest import REDIS_URL, make_settings
@@ -299,6 +301,29 @@ async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs:
     stdlib_line = next(line for line in json_logs.lines() if line["logger"] == "sqlalchemy.pool")
     assert stdlib_line["level"] == "warning"
     assert stdlib_line["event"] == "reconnecting to postgresql://app:[redacted]@db/app"
+
+
+def test_the_access_line_redacts_what_the_request_bound(json_logs: LogFile) -> None:
+    """The access line renders the request's log context itself (not through the processor
+    chain): a key bound for the first time mid-request is still found and redacted."""
+    structlog.contextvars.bind_contextvars(request_id="r-9", user_id=7)
+    write_access_line({"path": "/first"}, failed=False, span_context=trace.INVALID_SPAN_CONTEXT)
+    structlog.contextvars.bind_contextvars(
+        api_key="k-123",
+        upstream="https://svc:pw-456@upstream.example/v1",
+        forwarded={"Authorization": "Bearer t-789"},
+    )
+    write_access_line({"path": "/second"}, failed=True, span_context=trace.INVALID_SPAN_CONTEXT)
+    clear_log_context()
+    first, second = json_logs.access_lines()
+    assert (first["request_id"], first["user_id"], first["level"]) == ("r-9", 7, "info")
+    assert "api_key" not in first
+    assert (second["request_id"], second["user_id"], second["level"]) == ("r-9", 7, "error")
+    assert second["api_key"] == "[redacted]"
+    assert second["upstream"] == "https://svc:[redacted]@upstream.example/v1"
+    assert second["forwarded"] == {"Authorization": "[redacted]"}
+    for secret in ("k-123", "pw-456", "t-789"):
+        assert secret not in json_logs.path.read_text()
 
 
 async def test_unhandled_exception_is_logged_once_with_request_id(

@@ -27,10 +27,6 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _BUCKET_BOUNDS = metrics.LATENCY_BUCKETS  # the histogram adds +Inf after the last
 
 
-def method_label(method: str) -> str:
-    return method if method in KNOWN_METHODS else "other"
-
-
 @dataclass(slots=True)
 class _Tally:
     """What one series (route, method, status class) saw since the last flush."""
@@ -46,7 +42,7 @@ class HttpMetrics:
     def __init__(self, *, flush_seconds: float) -> None:
         self.flush_seconds = flush_seconds
         self._in_progress: dict[str, int] = {}
-        self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._tallies: dict[tuple[str | None, str, int], _Tally] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         self._samplers: list[Callable[[], None]] = []
 
@@ -56,9 +52,11 @@ class HttpMetrics:
         self._samplers.append(sampler)
 
     def started(self, method: str) -> None:
-        method = method_label(method)
-        self._in_progress[method] = self._in_progress.get(method, 0) + 1
-        self._flush_soon()
+        label = method if method in KNOWN_METHODS else "other"
+        in_progress = self._in_progress
+        in_progress[label] = in_progress.get(label, 0) + 1
+        if self._flush_timer is None:
+            self._flush_soon()
 
     def finished(
         self,
@@ -70,9 +68,11 @@ class HttpMetrics:
         request_bytes: int,
         response_bytes: int,
     ) -> None:
-        method = method_label(method)
-        self._in_progress[method] -= 1
-        key = (route or UNKNOWN_ROUTE, method, f"{status // 100}xx")
+        label = method if method in KNOWN_METHODS else "other"
+        self._in_progress[label] -= 1
+        # Tallied by the status itself: its class ("2xx") is worked out once per series, at
+        # the flush, not formatted on every request.
+        key = (route, label, status)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
@@ -82,7 +82,8 @@ class HttpMetrics:
         tally.buckets[bisect_left(_BUCKET_BOUNDS, seconds)] += 1
         tally.request_bytes += request_bytes
         tally.response_bytes += response_bytes
-        self._flush_soon()
+        if self._flush_timer is None:
+            self._flush_soon()
 
     def _flush_soon(self) -> None:
         if self.flush_seconds <= 0:
@@ -98,8 +99,9 @@ class HttpMetrics:
             self._flush_timer.cancel()
             self._flush_timer = None
         tallies, self._tallies = self._tallies, {}
-        for (handler, method, status), tally in tallies.items():
-            metrics.HTTP_REQUESTS.labels(handler, method, status).inc(tally.requests)
+        for (route, method, status), tally in tallies.items():
+            handler = route or UNKNOWN_ROUTE
+            metrics.HTTP_REQUESTS.labels(handler, method, f"{status // 100}xx").inc(tally.requests)
             # prometheus_client has no public "observe n values": its per-bucket values are
             # what observe() itself increments (tests/test_observability_costs.py checks the sums).
             duration = metrics.HTTP_REQUEST_DURATION.labels(handler, method)

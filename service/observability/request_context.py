@@ -30,6 +30,14 @@ from service.observability.logging import (
 from service.observability.tracing import PROPAGATION_HEADERS, ServerSpans
 
 REQUEST_ID_HEADER = "x-request-id"
+# The request headers this middleware reads, and what each is for: a request's other headers
+# cost one dict lookup each.
+_REQUEST_ID, _CONTENT_LENGTH, _PROPAGATION = "request_id", "content_length", "propagation"
+_WANTED_HEADERS = {
+    b"x-request-id": _REQUEST_ID,
+    b"content-length": _CONTENT_LENGTH,
+    **dict.fromkeys(PROPAGATION_HEADERS, _PROPAGATION),
+}
 # An inbound ID is accepted only if it is short and harmless: it lands in logs and headers.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -114,11 +122,15 @@ class RequestContextMiddleware:
         request_bytes = 0
         trace_headers: dict[str, str] | None = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
+            wanted = _WANTED_HEADERS.get(name)
+            if wanted is None:  # most headers: one lookup each
+                continue
+            if wanted is _REQUEST_ID:
                 inbound = value.decode("latin-1")
-            elif name == b"content-length" and value.isdigit():
-                request_bytes = int(value)
-            elif name in PROPAGATION_HEADERS:
+            elif wanted is _CONTENT_LENGTH:
+                if value.isdigit():
+                    request_bytes = int(value)
+            else:
                 if trace_headers is None:
                     trace_headers = {}
                 trace_headers[name.decode()] = value.decode("latin-1")
@@ -148,7 +160,10 @@ class RequestContextMiddleware:
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status, response_bytes, response_started
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.body":
+                response_bytes += len(message.get("body", b""))
+            elif kind == "http.response.start":
                 response_started = True
                 status = message["status"]
                 # Raw header pairs, as the ASGI message carries them (MutableHeaders would copy
@@ -162,8 +177,6 @@ class RequestContextMiddleware:
                     )
                     headers.append((b"traceresponse", value.encode()))
                 message["headers"] = headers
-            elif message["type"] == "http.response.body":
-                response_bytes += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -195,17 +208,29 @@ class RequestContextMiddleware:
                     own_span.end()
                 finally:
                     otel_context.detach(token)
+            seconds = time.perf_counter() - started
             if measured:
                 self.http_metrics.finished(  # type: ignore[union-attr]
                     method=scope["method"],
                     route=route,
                     status=status,
-                    seconds=time.perf_counter() - started,
+                    seconds=seconds,
                     request_bytes=request_bytes,
                     response_bytes=response_bytes,
                 )
             if self.access_log_enabled and (status >= 400 or not probe):
-                _log_access(scope, route, status, response_bytes, started, span_context)
+                client = scope.get("client")
+                fields: dict[str, Any] = {
+                    "method": scope["method"],
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    # Hundredths of a millisecond; round(x, 2) formats the float as text.
+                    "duration_ms": int(seconds * 100_000 + 0.5) / 100,
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                    "response_bytes": response_bytes,
+                }
+                write_access_line(fields, failed=status >= 500, span_context=span_context)
             clear_log_context()
 
 
@@ -213,25 +238,3 @@ async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> Non
     status, headers, body = raw_problem(InternalError(), path=scope["path"], request_id=request_id)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _log_access(
-    scope: Scope,
-    route: str | None,
-    status: int,
-    response_bytes: int,
-    started: float,
-    span_context: trace.SpanContext,
-) -> None:
-    client = scope.get("client")
-    fields: dict[str, Any] = {
-        "method": scope["method"],
-        "route": route,
-        "path": scope["path"],
-        "status": status,
-        # Hundredths of a millisecond; round(x, 2) formats the float as text to round it.
-        "duration_ms": int((time.perf_counter() - started) * 100_000 + 0.5) / 100,
-        "client": f"{client[0]}:{client[1]}" if client else None,
-        "response_bytes": response_bytes,
-    }
-    write_access_line(fields, failed=status >= 500, span_context=span_context)
