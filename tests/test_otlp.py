@@ -197,17 +197,37 @@ def test_an_attribute_that_does_not_fit_is_left_out_like_the_sdk_does(
     assert "too.big" in caplog.text
 
 
-def test_the_attribute_table_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_attribute_tables_stay_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp, "_encoded_string_attributes", {})
     monkeypatch.setattr(otlp, "_encoded_span_attributes", {})
     monkeypatch.setattr(otlp, "_MAX_ENCODED_SPAN_ATTRIBUTES", 8)
     provider, exporter = _provider(Resource.create({}))
     tracer = provider.get_tracer("t")
     for number in range(30):
         with tracer.start_as_current_span("span") as span:
-            span.set_attributes({"url.path": f"/items/{number}", "method": "GET"})
+            span.set_attributes({"url.path": f"/items/{number}", "method": "GET", "n": number})
     finished = list(exporter.get_finished_spans())
     _assert_same_request(finished)
-    assert len(otlp._encoded_span_attributes) <= 8
+    assert 0 < len(otlp._encoded_string_attributes) <= 8
+    assert 0 < len(otlp._encoded_span_attributes) <= 8
+
+
+def test_equal_values_of_other_types_keep_their_own_encoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """True == 1 == 1.0 and they hash alike: a kept encoding must not answer for another type."""
+    monkeypatch.setattr(otlp, "_encoded_string_attributes", {})
+    monkeypatch.setattr(otlp, "_encoded_span_attributes", {})
+    provider, exporter = _provider(Resource.create({}))
+    tracer = provider.get_tracer("t")
+    for value in ("1", 1, True, 1.0, 0, False, 0.0, ""):
+        with tracer.start_as_current_span("span") as span:
+            span.set_attribute("same.key", value)
+    finished = list(exporter.get_finished_spans())
+    _assert_same_request(finished)
+    _assert_same_request(finished)  # the second time, every encoding comes from the tables
+    [*_, last] = _decoded(finished).resource_spans[0].scope_spans[0].spans
+    assert last.attributes[0].value.WhichOneof("value") == "string_value"
 
 
 def test_exporter_sends_to_an_otlp_endpoint() -> None:

@@ -51,6 +51,8 @@ _SMALL_VARINTS = [bytes((n,)) for n in range(128)]
 def _varint(value: int) -> bytes:
     if 0 <= value < 128:
         return _SMALL_VARINTS[value]
+    if 0 < value < 16384:  # a span's length, mostly: two bytes without the loop
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     if value < 0:
         value += 1 << 64  # int64: two's complement, ten bytes
     out = bytearray()
@@ -175,37 +177,58 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]
 
 
 # Most span attributes repeat from span to span (method, route, status, peer address, DB
-# statement): their encoded fields are kept. The table is emptied when full, so values seen
-# once (paths with IDs, request IDs) cannot crowd out the rest for long, nor grow it.
+# statement): their encoded fields are kept. The tables are emptied when full, so values seen
+# once (paths with IDs, request IDs) cannot crowd out the rest for long, nor grow them.
+# String values, most of them, are looked up by the (key, value) pair that iterating the
+# attributes makes anyway; other values by (key, type, value), because True == 1 == 1.0 would
+# make pairs of different types find each other's encoding.
+_encoded_string_attributes: dict[tuple[str, str], bytes] = {}
 _encoded_span_attributes: dict[tuple[str, type, Any], bytes] = {}
 _MAX_ENCODED_SPAN_ATTRIBUTES = 4096
-_KEPT_TYPES = frozenset({str, bool, int, float})
+_KEPT_TYPES = frozenset({bool, int, float})
 
 
 def _span_attributes(attributes: Mapping[str, Any] | None) -> list[bytes]:
     if not attributes:
         return []
     encoded = []
-    known = _encoded_span_attributes
+    known = _encoded_string_attributes
     # The SDK keeps attributes in a BoundedAttributes, whose iteration goes through the Mapping
     # ABC, a Python call per key; its plain dict is read directly where it is there.
-    for key, value in getattr(attributes, "_dict", attributes).items():
-        kind = type(value)
-        if kind in _KEPT_TYPES:
-            # The type is part of the key: True == 1 == 1.0, but each encodes differently.
-            lookup = (key, kind, value)
-            field = known.get(lookup)
+    for pair in getattr(attributes, "_dict", attributes).items():
+        try:
+            field = known.get(pair)
+        except TypeError:  # a value that cannot be hashed (a list): encoded below, not kept
+            field = None
+        if field is None:
+            field = _new_span_attribute(pair)
             if field is None:
-                field = _attribute(_SPAN_ATTRIBUTE, key, value)
-                if field is not None:
-                    if len(known) >= _MAX_ENCODED_SPAN_ATTRIBUTES:
-                        known.clear()
-                    known[lookup] = field
-        else:  # arrays (their items would need their types in the key too), or odd values
-            field = _attribute(_SPAN_ATTRIBUTE, key, value)
-        if field is not None:
-            encoded.append(field)
+                continue
+        encoded.append(field)
     return encoded
+
+
+def _new_span_attribute(pair: tuple[str, Any]) -> bytes | None:
+    """A span attribute not found by its pair: encoded, and kept if its type allows."""
+    key, value = pair
+    kind = type(value)
+    if kind is str:
+        known: dict[Any, bytes] = _encoded_string_attributes
+        lookup: tuple[Any, ...] = pair
+    elif kind in _KEPT_TYPES:
+        known = _encoded_span_attributes
+        lookup = (key, kind, value)
+        field = known.get(lookup)
+        if field is not None:
+            return field
+    else:  # arrays (their items would need their types in the key too), or odd values
+        return _attribute(_SPAN_ATTRIBUTE, key, value)
+    field = _attribute(_SPAN_ATTRIBUTE, key, value)
+    if field is not None:
+        if len(known) >= _MAX_ENCODED_SPAN_ATTRIBUTES:
+            known.clear()
+        known[lookup] = field
+    return field
 
 
 def _dropped(tag: bytes, count: int) -> bytes:
