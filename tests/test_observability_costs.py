@@ -6,6 +6,7 @@ the log level."""
 import asyncio
 import json
 import logging
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -205,6 +206,32 @@ async def test_access_lines_wait_in_the_buffer_but_never_out_of_order(tmp_path: 
         finally:
             reset_logging()
             logging.getLogger().handlers.clear()
+
+
+async def test_buffered_access_lines_hold_little_more_than_their_text(tmp_path: Path) -> None:
+    """Lines wait in the buffer for up to a second, thousands of them under load. orjson's
+    OPT_APPEND_NEWLINE returned each line in a 4 KiB allocation (about 320 bytes otherwise)."""
+    with (tmp_path / "service.log").open("w") as stream:
+        configure_logging(json=True, stream=stream, cache_loggers=False, access_flush_seconds=60)
+        try:
+            tracemalloc.start()
+            try:
+                for number in range(1000):
+                    write_access_line(
+                        {"path": f"/items/{number}", "status": 200},
+                        failed=False,
+                        span_context=NO_SPAN,
+                    )
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert (tmp_path / "service.log").read_text() == ""  # all of them still waiting
+            flush_logs()
+        finally:
+            reset_logging()
+            logging.getLogger().handlers.clear()
+    assert held / 1000 < 1024
+    assert len((tmp_path / "service.log").read_text().splitlines()) == 1000
 
 
 @pytest.mark.parametrize(

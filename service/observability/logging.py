@@ -342,7 +342,10 @@ def write_access_line(
     line.update(fields)  # as merge_contextvars: the line's own fields win over the context
     line.update(_ACCESS_ERROR if failed else _ACCESS_INFO)
     _add_timestamp(None, "", line)
-    output.write_later(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+    # Not orjson's OPT_APPEND_NEWLINE: it returns each line in a 4 KiB allocation, kept while
+    # the line waits in the buffer (thousands a second under load); the middleware around a
+    # trivial app took 2.5-3 us longer a request with it.
+    output.write_later(orjson.dumps(line, default=str) + b"\n")
 
 
 def flush_logs() -> None:
