@@ -5,7 +5,9 @@ the next, so a 5% change cannot be seen in requests/s or CPU time. Instruction c
 move: each variant's app (bench/inprocess.py) runs under ``valgrind --tool=callgrind``, which
 counts the instructions executed inside asyncio's callbacks and tasks (``context_run``) and
 in threads (``thread_run``, the span exporter), and the count for 20 requests after a warm-up
-is subtracted from the count for 220, leaving 200 requests' worth. Run to run within 3%.
+is subtracted from the count for 220, leaving 200 requests' worth. Run to run within 3%;
+every run uses the same hash seed (PYTHONHASHSEED, 0 unless set), so that two versions of the
+code are compared with the same dict and set layouts.
 
 Variants: off, on with tracing at 0% (the fixed cost: request ID, log context, access line,
 metrics, span middleware) and on at 100%; 10% is reported as 0% plus a tenth of the traced
@@ -62,7 +64,11 @@ def count_instructions(variant: str, endpoint: str, requests: int) -> int:
             endpoint,
             str(requests),
         ]
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        # One hash seed for every run (unless one is given): with a random one per process,
+        # dict and set layouts differ from run to run, and that alone moved a variant by up
+        # to 2.5%, more than many changes worth measuring.
+        env = {**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+        completed = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if completed.returncode != 0:
             raise SystemExit(f"{variant} {endpoint} failed:\n{completed.stderr[-3000:]}")
         for line in output.read_text().splitlines():
