@@ -27,6 +27,10 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _BUCKET_BOUNDS = metrics.LATENCY_BUCKETS  # the histogram adds +Inf after the last
 
 
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
 @dataclass(slots=True)
 class _Tally:
     """What one series (route, method, status class) saw since the last flush."""
@@ -52,9 +56,8 @@ class HttpMetrics:
         self._samplers.append(sampler)
 
     def started(self, method: str) -> None:
-        label = method if method in KNOWN_METHODS else "other"
-        in_progress = self._in_progress
-        in_progress[label] = in_progress.get(label, 0) + 1
+        method = method_label(method)
+        self._in_progress[method] = self._in_progress.get(method, 0) + 1
         if self._flush_timer is None:
             self._flush_soon()
 
@@ -68,11 +71,11 @@ class HttpMetrics:
         request_bytes: int,
         response_bytes: int,
     ) -> None:
-        label = method if method in KNOWN_METHODS else "other"
-        self._in_progress[label] -= 1
+        method = method_label(method)
+        self._in_progress[method] -= 1
         # Tallied by the status itself: its class ("2xx") is worked out once per series, at
         # the flush, not formatted on every request.
-        key = (route, label, status)
+        key = (route, method, status)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
@@ -86,9 +89,10 @@ class HttpMetrics:
             self._flush_soon()
 
     def _flush_soon(self) -> None:
+        """Called while no flush is scheduled (the callers check, once per request)."""
         if self.flush_seconds <= 0:
             self.flush()
-        elif self._flush_timer is None:
+        else:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 self.flush_seconds, self.flush
             )

@@ -11,7 +11,6 @@ faster one still (``write_access_line``).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import logging.config
 import re
@@ -270,34 +269,6 @@ def bound_log_context() -> dict[str, Any]:
     return context
 
 
-# structlog's variables, each with the key it binds and whether that key names a secret: worked
-# out again only when structlog has made a new variable (a key bound for the first time).
-_context_variables: list[tuple[str, contextvars.ContextVar[Any], bool]] = []
-
-
-def _redacted_log_context() -> dict[str, Any]:
-    """bound_log_context() passed through redact_secrets, in one pass: what the access line
-    carries of the request's context."""
-    if len(_context_variables) != len(_STRUCTLOG_VARS):
-        keys = [(name[_STRUCTLOG_PREFIX_LENGTH:], v) for name, v in list(_STRUCTLOG_VARS.items())]
-        _context_variables[:] = [(key, v, key.lower() in SENSITIVE_KEYS) for key, v in keys]
-    context = {}
-    for key, variable, secret in _context_variables:
-        value = variable.get()
-        if value is Ellipsis:
-            continue
-        kind = type(value)
-        if secret:
-            value = REDACTED
-        elif kind is str:
-            if "://" in value or "earer" in value:
-                value = _redact_text(value)
-        elif not (kind is int or kind is float or value is None):
-            value = _redact_value(key, value)
-        context[key] = value
-    return context
-
-
 def log_context_setter(key: str) -> Callable[[Any], object]:
     """Sets one key of the log context, as bind_contextvars(key=value) does, without its
     per-call key formatting, registry lookup and token mapping (a key bound on every request)."""
@@ -335,7 +306,7 @@ def write_access_line(
         return
     # Redaction where a secret could come from: what code bound to the request's context,
     # and the path the client sent. The other fields are numbers and names this service made.
-    line = _redacted_log_context()
+    line = redact_secrets(None, "", bound_log_context())
     path = fields.get("path")
     if isinstance(path, str) and ("://" in path or "earer" in path):
         fields["path"] = _redact_text(path)

@@ -219,18 +219,7 @@ class RequestContextMiddleware:
                     response_bytes=response_bytes,
                 )
             if self.access_log_enabled and (status >= 400 or not probe):
-                client = scope.get("client")
-                fields: dict[str, Any] = {
-                    "method": scope["method"],
-                    "route": route,
-                    "path": scope["path"],
-                    "status": status,
-                    # Hundredths of a millisecond; round(x, 2) formats the float as text.
-                    "duration_ms": int(seconds * 100_000 + 0.5) / 100,
-                    "client": f"{client[0]}:{client[1]}" if client else None,
-                    "response_bytes": response_bytes,
-                }
-                write_access_line(fields, failed=status >= 500, span_context=span_context)
+                _log_access(scope, route, status, response_bytes, seconds, span_context)
             clear_log_context()
 
 
@@ -238,3 +227,25 @@ async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> Non
     status, headers, body = raw_problem(InternalError(), path=scope["path"], request_id=request_id)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _log_access(
+    scope: Scope,
+    route: str | None,
+    status: int,
+    response_bytes: int,
+    seconds: float,
+    span_context: trace.SpanContext,
+) -> None:
+    client = scope.get("client")
+    fields: dict[str, Any] = {
+        "method": scope["method"],
+        "route": route,
+        "path": scope["path"],
+        "status": status,
+        # Hundredths of a millisecond; round(x, 2) formats the float as text to round it.
+        "duration_ms": int(seconds * 100_000 + 0.5) / 100,
+        "client": f"{client[0]}:{client[1]}" if client else None,
+        "response_bytes": response_bytes,
+    }
+    write_access_line(fields, failed=status >= 500, span_context=span_context)
