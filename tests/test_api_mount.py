@@ -3,6 +3,7 @@ include_router would have served."""
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 
 from service import api
 from service.health.router import router as health_router
@@ -49,3 +50,10 @@ def test_routers_that_need_include_router_are_refused() -> None:
     mounted.add_route("/plain", lambda request: None)
     with pytest.raises(TypeError, match="include_router"):
         api.add_routes_flat(FastAPI(), mounted, prefix="")
+
+
+def test_api_routes_are_tried_before_the_documentation_routes() -> None:
+    routes = mounted_app().routes
+    is_api = [isinstance(route, APIRoute) for route in routes]
+    assert is_api == sorted(is_api, reverse=True)
+    assert {"/openapi.json", "/docs", "/redoc"} <= {route.path for route in routes}  # type: ignore[attr-defined]
