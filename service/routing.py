@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-RequestDependency = Callable[[Request], Awaitable[Any]]
+RequestDependency = Callable[[Request], Awaitable[Any]]  # called with the request, positionally
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ def _lean_app(plan: _LeanPlan, *, general: ASGIApp, overrides_of: Any) -> ASGIAp
     """The route's ASGI app. Exceptions go up to Starlette's ExceptionMiddleware, which renders
     them with the same handlers the general app's own wrapper would have used."""
     endpoint, request_name, dependencies = plan.endpoint, plan.request_name, plan.dependencies
-    path_params = list(plan.path_params)
+    path_params = plan.path_params
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if overrides_of is not None and overrides_of.dependency_overrides:
@@ -129,10 +129,11 @@ def _lean_plan(dependant: Dependant, body_field: Any) -> _LeanPlan | None:
             or sub.path_params
             or sub.request_param_name is None
             or not _takes_only_the_request_and_path(sub)
-            or not _is_plain_coroutine(call)
+            or not _is_coroutine(call)
+            or not _takes_the_request_first(call, sub.request_param_name)
         ):
             return None
-        dependencies.append((sub.name, _calling_with_request(call, sub.request_param_name)))
+        dependencies.append((sub.name, call))
     return _LeanPlan(
         endpoint=endpoint,
         request_name=dependant.request_param_name,
@@ -155,9 +156,11 @@ def _takes_only_the_request_and_path(dependant: Dependant) -> bool:
     )
 
 
-def _is_plain_coroutine(call: Callable[..., Any]) -> bool:
+def _is_coroutine(call: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an instance whose ``__call__`` is one (not a generator:
+    ``yield`` makes an async generator function, which this is False for)."""
     function = call if inspect.isroutine(call) else getattr(call, "__call__", None)  # noqa: B004
-    return inspect.iscoroutinefunction(function) and not inspect.isasyncgenfunction(function)
+    return inspect.iscoroutinefunction(function)
 
 
 def _returns_a_response(endpoint: Callable[..., Any]) -> bool:
@@ -168,11 +171,11 @@ def _returns_a_response(endpoint: Callable[..., Any]) -> bool:
     return inspect.isclass(returns) and issubclass(returns, Response)
 
 
-def _calling_with_request(call: Callable[..., Any], request_name: str) -> RequestDependency:
+def _takes_the_request_first(call: Callable[..., Any], request_name: str) -> bool:
+    """The request is the dependency's only parameter (any other would be a query parameter);
+    the lean way passes it positionally, so it must not be keyword-only."""
     first = next(iter(inspect.signature(call).parameters.values()))
-    if first.name == request_name and first.kind in (
+    return first.name == request_name and first.kind in (
         first.POSITIONAL_ONLY,
         first.POSITIONAL_OR_KEYWORD,
-    ):
-        return call
-    return lambda request: call(**{request_name: request})
+    )

@@ -155,6 +155,10 @@ async def _plain(request: Request) -> str:
     return "x"
 
 
+async def _keyword_only(*, request: Request) -> str:
+    return "x"
+
+
 def _endpoint_taking(dependency: Callable[..., Any]) -> Callable[..., Awaitable[Response]]:
     async def endpoint(value: Annotated[str, Depends(dependency)]) -> Response:
         return Response(value)
@@ -186,6 +190,7 @@ async def _repeating(
         (thing, True),
         (_endpoint_taking(_plain), True),
         (_endpoint_taking(get_access_claims), True),  # the service's bearer dependency
+        (_endpoint_taking(_keyword_only), False),
         (_endpoint_taking(_yielding), False),
         (_endpoint_taking(_sync), False),
         (_endpoint_taking(_nested), False),
