@@ -15,6 +15,12 @@ part, since which requests a real 10% draw traces is random. Instructions are no
 misses and system calls are not in them): read the ratios beside `make bench`, not instead.
 
   python bench/instructions.py [--endpoints a,d] [--variants off,on-0%,on-100%]
+  python bench/instructions.py --parts [--endpoints a]
+
+``--parts`` splits the fixed cost by part: on at 0% is run again with each part switched off
+in turn (the access line, the HTTP metrics, tracing), each part's cost is what switching it
+off saved, and what is left over "off" is the request-context middleware itself (request ID,
+log context, response headers, the send wrapper).
 
 About a minute per variant and endpoint, two at a time (one per core). Needs valgrind.
 """
@@ -30,6 +36,10 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 WARM_UP = 100
@@ -45,6 +55,13 @@ COLLECTED_FUNCTIONS = ("context_run", "thread_run")
 # and spans are still exported by the batch (512) as they are under load.
 PERIODIC_SECONDS = 3600
 VARIANTS = ("off", "on-0%", "on-100%")
+# ``--parts``: on at 0% with one part switched off (observability settings), by part.
+WITHOUT = "-without-"
+PARTS: dict[str, dict[str, bool]] = {
+    "access-line": {"access_log": False},
+    "http-metrics": {"metrics": False},
+    "tracing": {"tracing": False},
+}
 
 
 def count_instructions(variant: str, endpoint: str, requests: int) -> int:
@@ -106,6 +123,39 @@ def report(counts: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def part_variants() -> list[str]:
+    return ["off", "on-0%", *(f"on-0%{WITHOUT}{part}" for part in PARTS)]
+
+
+def report_parts(counts: dict[str, dict[str, float]]) -> list[str]:
+    """What each part of the fixed cost (on at 0% minus off) takes, per endpoint."""
+    lines = []
+    for endpoint, by_variant in counts.items():
+        off, fixed = by_variant["off"], by_variant["on-0%"]
+        parts = {part: fixed - by_variant[f"on-0%{WITHOUT}{part}"] for part in PARTS}
+        parts["request context (the rest)"] = fixed - off - sum(parts.values())
+        lines.append(f"{endpoint}: off {off / 1000:.0f}k, on at 0% {fixed / 1000:.0f}k")
+        lines.extend(
+            f"  {part:28} {cost / 1000:6.1f}k  {cost / (fixed - off):4.0%} of the fixed cost"
+            for part, cost in parts.items()
+        )
+    lines.append("Instructions per request (callgrind): each part = on at 0% minus on at 0%")
+    lines.append("without it; the rest = what is left of (on at 0% - off).")
+    return lines
+
+
+def variant_settings(variant: str, database_url: str, sink: str) -> Settings:
+    """bench/inprocess.py's settings for ``variant``, or for on at 0% without one part."""
+    from bench import inprocess
+
+    base, _, part = variant.partition(WITHOUT)
+    settings = inprocess.settings_for(base, database_url, sink)
+    observability = settings.observability.model_copy(
+        update={"metrics_flush_seconds": PERIODIC_SECONDS, **(PARTS[part] if part else {})}
+    )
+    return settings.model_copy(update={"observability": observability})
+
+
 def child(variant: str, endpoint: str, requests: int) -> None:
     """Inside valgrind: one variant's app, warmed up, then ``requests`` requests."""
     from bench import inprocess
@@ -122,11 +172,7 @@ def child(variant: str, endpoint: str, requests: int) -> None:
         # The span exporter sends by batch size only, as it does under load (see PERIODIC).
         os.environ["OTEL_BSP_SCHEDULE_DELAY"] = str(PERIODIC_SECONDS * 1000)
         configure_logging(json=True, stream=log, access_flush_seconds=PERIODIC_SECONDS)
-        settings = inprocess.settings_for(variant, url, endpoint_url)
-        observability = settings.observability.model_copy(
-            update={"metrics_flush_seconds": PERIODIC_SECONDS}
-        )
-        settings = settings.model_copy(update={"observability": observability})
+        settings = variant_settings(variant, url, endpoint_url)
 
         async def run() -> None:
             app = inprocess.App(create_app(settings))
@@ -153,6 +199,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoints", default="a,d")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--parts", action="store_true", help="split the fixed cost by part (instead of variants)"
+    )
     parser.add_argument("--few", type=int, default=FEW, help=argparse.SUPPRESS)
     parser.add_argument("--many", type=int, default=MANY, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,14 +210,15 @@ def main() -> int:
     from bench.run import ENDPOINTS
 
     counts: dict[str, dict[str, float]] = {}
+    variants = part_variants() if args.parts else args.variants.split(",")
     for endpoint in args.endpoints.split(","):
         label = f"{endpoint} {ENDPOINTS[endpoint]}"
-        for variant in args.variants.split(","):
+        for variant in variants:
             counts.setdefault(label, {})[variant] = per_request(
                 variant, endpoint, args.few, args.many
             )
             print(f"{label} {variant}: {counts[label][variant]:.0f}", file=sys.stderr)
-    print("\n".join(report(counts)))
+    print("\n".join(report_parts(counts) if args.parts else report(counts)))
     return 0
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import REPO, base_env
 
 
@@ -60,3 +62,51 @@ def test_instruction_count_benchmark_runs_and_reports_per_request_counts() -> No
     row = next(line for line in completed.stdout.splitlines() if line.startswith("d "))
     # Tens of thousands of instructions at least: a count of nothing would be 0 or negative.
     assert int(row.split()[-1].removesuffix("k")) > 50, row
+
+
+def test_the_parts_breakdown_switches_off_one_part_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bench import instructions
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    url, sink = "postgresql+asyncpg://127.0.0.1/unused", "http://127.0.0.1:4318"
+    base = instructions.variant_settings("on-0%", url, sink).observability
+    assert (base.enabled, base.access_log, base.metrics, base.trace_sample_ratio) == (
+        True,
+        True,
+        True,
+        0.0,
+    )
+    for part, switched_off in instructions.PARTS.items():
+        variant = instructions.variant_settings(f"on-0%-without-{part}", url, sink)
+        changed = {
+            name
+            for name in type(base).model_fields
+            if getattr(variant.observability, name) != getattr(base, name)
+        }
+        assert changed == set(switched_off), part
+        for name, value in switched_off.items():
+            assert getattr(variant.observability, name) == value
+    assert not instructions.variant_settings("off", url, sink).observability.enabled
+
+
+def test_the_parts_breakdown_leaves_the_rest_to_the_request_context() -> None:
+    from bench import instructions
+
+    counts = {
+        "a cached item read": {
+            "off": 300_000,
+            "on-0%": 400_000,
+            "on-0%-without-access-line": 360_000,
+            "on-0%-without-http-metrics": 392_000,
+            "on-0%-without-tracing": 398_000,
+        }
+    }
+    lines = instructions.report_parts(counts)
+    costs = {line.split()[0]: line.split()[1:3] for line in lines if line.startswith("  ")}
+    assert costs["access-line"] == ["40.0k", "40%"]
+    assert costs["http-metrics"] == ["8.0k", "8%"]
+    assert costs["tracing"] == ["2.0k", "2%"]
+    rest = next(line for line in lines if "request context (the rest)" in line)
+    assert rest.split()[-6:-4] == ["50.0k", "50%"]
