@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test lint format typecheck check migrate bench bench-inprocess bench-instructions load drills fuzz
+.PHONY: help uv install tools run test lint format typecheck check migrate bench bench-inprocess bench-instructions bench-parts load drills fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-inprocess: install  ## CPU time per request of each variant, in one proces
 
 bench-instructions: install tools  ## Instructions per request of each variant under callgrind: the steady instrument (about 4 minutes)
 	$(RUN) python bench/instructions.py
+
+bench-parts: install tools  ## The fixed cost of observability on the cached read, split by part, in instructions (about 3 minutes)
+	$(RUN) python bench/instructions.py --parts --endpoints a
 
 load: install  ## Load test: the whole service under locust (USERS, DURATION, SHAPE)
 	$(RUN) python loadtests/run.py --users $(or $(USERS),20) --duration $(or $(DURATION),30s) --shape $(or $(SHAPE),steady)
