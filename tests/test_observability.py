@@ -7,6 +7,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from service.observability.logging import (
     bound_log_context,
     clear_log_context,
     configure_logging,
+    redact_secrets,
+    redacted_log_context,
     reset_logging,
     write_access_line,
 )
@@ -240,6 +243,48 @@ def test_bound_log_context_reads_what_structlog_would() -> None:
         assert bound_log_context() == {"request_id": "r-1", "user_id": 7}
         clear_log_context()
         assert bound_log_context() == structlog.contextvars.get_contextvars() == {}
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def test_timestamps_are_utc_with_microseconds_across_seconds_and_clock_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timestamper formats the date and time of day once a second: lines within, across
+    and (after the clock is set back) before a cached second all read as datetime would."""
+    import time
+
+    from service.observability.logging import _UtcTimestamper
+
+    stamp = _UtcTimestamper()
+    for now in (1764748799.25, 1764748799.999999, 1764748800.0, 1764748800.5, 1764700000.125):
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        expected = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert stamp(None, "", {})["timestamp"] == expected
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        {},
+        {"request_id": "r-1", "user_id": 7},
+        {"Token": 12, "ratio": 0.5, "nothing": None, "plain": "text"},
+        {"api_key": "k-1", "SECRET": "s-1", "password": None},
+        {"upstream": "https://svc:pw@upstream.example/v1", "note": "Bearer%20abc.def"},
+        {"forwarded": {"Authorization": "Bearer t", "depth": [{"cookie": "c"}]}},
+        {"ids": (1, "postgresql://u:p@db/x"), "flag": True},
+    ],
+)
+def test_the_access_line_context_is_redacted_as_the_processor_chain_would(
+    bound: dict[str, Any],
+) -> None:
+    """redacted_log_context() is the chain's bound_log_context + redact_secrets in one pass,
+    with each key's verdict remembered: both must give the same, twice in a row."""
+    structlog.contextvars.clear_contextvars()
+    try:
+        structlog.contextvars.bind_contextvars(**bound)
+        for _ in range(2):
+            assert redacted_log_context() == redact_secrets(None, "", bound_log_context())
     finally:
         structlog.contextvars.clear_contextvars()
 

@@ -56,8 +56,22 @@ def accepted_request_id(value: str | None) -> str:
     # 128 random bits as 32 hex digits, like uuid4().hex without the UUID object (5 us -> 1 us)
     # and without os.urandom's system call, which also lets the span exporter's thread take the
     # GIL mid-request. An ID to correlate by, not a secret: the PRNG (seeded from the OS, and
-    # again in every forked worker) is enough, as for OpenTelemetry's trace IDs.
-    return f"{random.getrandbits(128):032x}"
+    # again in every forked worker) is enough, as for OpenTelemetry's trace IDs. The same
+    # digits as f"{bits:032x}", whose format spec is parsed on every call (2.1k instructions
+    # against 3.3k, callgrind).
+    return random.getrandbits(128).to_bytes(16, "big").hex()
+
+
+def outer_span_context() -> trace.SpanContext | None:
+    """The valid span context a caller made current around the app (a test, an ASGI wrapper),
+    if any. A server runs each request in a fresh context, where this is one lookup, not the
+    four calls of trace.get_current_span() and a property read per use (callgrind: 0.9k
+    instructions against 4k for an untraced request)."""
+    context = otel_context.get_current()
+    if not context:
+        return None
+    span_context = trace.get_current_span(context).get_span_context()
+    return span_context if span_context.is_valid else None
 
 
 class RouteTemplates:
@@ -135,25 +149,30 @@ class RequestContextMiddleware:
                     trace_headers = {}
                 trace_headers[name.decode()] = value.decode("latin-1")
         request_id = accepted_request_id(inbound)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = {"request_id": request_id}
+        else:  # the server's copy of the lifespan state, this request's own
+            state["request_id"] = request_id
         probe = is_probe(scope["path"])
         own_span = None
         if self.server_spans is not None and not probe:
             own_span = self.server_spans.start(scope["method"], trace_headers)
+        # None when no trace is known: no trace IDs on the line, no traceresponse header.
+        span_context: trace.SpanContext | None
         if own_span is not None:
-            span = own_span
-            token = otel_context.attach(trace.set_span_in_context(span))
+            token = otel_context.attach(trace.set_span_in_context(own_span))
+            span_context = own_span.get_span_context()
         else:
             # Not traced here; a caller may still have made a span current (a test, a wrapper).
-            span = trace.get_current_span()
-        span_context = span.get_span_context()
+            span_context = outer_span_context()
 
         # Cleared once, when the request ends (below): a server runs each request in a fresh
         # copy of its context anyway, and a caller that reuses one gets it back clean.
         self._bind_request_id(request_id)
-        measured = self.http_metrics is not None and not probe
-        if measured:
-            self.http_metrics.started(scope["method"])  # type: ignore[union-attr]
+        http_metrics = None if probe else self.http_metrics
+        if http_metrics is not None:
+            method_label = http_metrics.started(scope["method"])
         status = 500
         response_bytes = 0
         response_started = False
@@ -169,7 +188,7 @@ class RequestContextMiddleware:
                 # Raw header pairs, as the ASGI message carries them (MutableHeaders would copy
                 # and re-encode them on every response). A new list: the response's own stays.
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
-                if span_context.is_valid:
+                if span_context is not None:
                     # W3C Trace Context level 2: tells the client which trace served it.
                     flags = span_context.trace_flags
                     value = (
@@ -185,6 +204,7 @@ class RequestContextMiddleware:
             # Logged here, once, with the request ID; the client gets a problem body that
             # carries the same ID and nothing of the exception.
             error_log.exception("unhandled_exception", path=scope["path"])
+            span = own_span or trace.get_current_span()
             if span.is_recording():
                 span.record_exception(exc)
                 span.set_status(trace.StatusCode.ERROR)
@@ -209,14 +229,9 @@ class RequestContextMiddleware:
                 finally:
                     otel_context.detach(token)
             seconds = time.perf_counter() - started
-            if measured:
-                self.http_metrics.finished(  # type: ignore[union-attr]
-                    method=scope["method"],
-                    route=route,
-                    status=status,
-                    seconds=seconds,
-                    request_bytes=request_bytes,
-                    response_bytes=response_bytes,
+            if http_metrics is not None:
+                http_metrics.finished(
+                    method_label, route, status, seconds, request_bytes, response_bytes
                 )
             if self.access_log_enabled and (status >= 400 or not probe):
                 _log_access(scope, route, status, response_bytes, seconds, span_context)
@@ -235,7 +250,7 @@ def _log_access(
     status: int,
     response_bytes: int,
     seconds: float,
-    span_context: trace.SpanContext,
+    span_context: trace.SpanContext | None,
 ) -> None:
     client = scope.get("client")
     fields: dict[str, Any] = {
