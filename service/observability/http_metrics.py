@@ -57,7 +57,7 @@ class HttpMetrics:
 
     def started(self, method: str) -> str:
         """Counts a request in progress; returns its method label, for ``finished``."""
-        method = method if method in KNOWN_METHODS else "other"  # method_label(), inlined
+        method = method_label(method)
         self._in_progress[method] = self._in_progress.get(method, 0) + 1
         if self._flush_timer is None:
             self._flush_soon()
