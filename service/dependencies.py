@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
 from service.cache.scoped import UserScopedCache
+from service.cache.setup import Caches
 from service.lifespan import AppState
 from service.settings import Settings
 
@@ -122,10 +123,15 @@ async def get_item_cache(request: Request) -> UserScopedCache:
     return state_of(request)["caches"].items
 
 
+async def get_caches(request: Request) -> Caches:
+    return state_of(request)["caches"]
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_from_state)]
 PasswordsDep = Annotated[PasswordHasher, Depends(get_passwords)]
 AccessTokensDep = Annotated[AccessTokenCodec, Depends(get_access_tokens)]
 AuthCacheDep = Annotated[UserScopedCache, Depends(get_auth_cache)]
 ItemCacheDep = Annotated[UserScopedCache, Depends(get_item_cache)]
+CachesDep = Annotated[Caches, Depends(get_caches)]
 LoginLimiterDep = Annotated[LoginRateLimiter, Depends(get_login_limiter)]

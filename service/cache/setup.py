@@ -29,6 +29,12 @@ class Caches:
     def start(self) -> None:
         self.store.start()
 
+    async def invalidate_user(self, user_id: int) -> None:
+        """Every entry scoped to the user: for a deleted account, whose id must not hand its
+        cached answers to anyone who later holds that id."""
+        await self.auth.invalidate(user_id)
+        await self.items.invalidate(user_id)
+
     async def close(self) -> None:
         await self.store.close()
 

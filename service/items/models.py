@@ -14,6 +14,8 @@ class ItemStatus(StrEnum):
 
 class Item(TimestampMixin, Base):
     __tablename__ = "items"
+    # SQLite would otherwise hand a deleted item's id to the next one (PostgreSQL never does).
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(BigIntPrimaryKey, primary_key=True)
     owner_id: Mapped[int] = mapped_column(

@@ -13,6 +13,8 @@ class Role(StrEnum):
 
 class User(TimestampMixin, Base):
     __tablename__ = "users"
+    # SQLite would otherwise hand a deleted user's id to the next one (PostgreSQL never does).
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(BigIntPrimaryKey, primary_key=True)
     # Stored lower-cased, so uniqueness is case-insensitive on every backend.

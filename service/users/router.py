@@ -3,7 +3,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, status
 
 from service.auth.dependencies import AdminPrincipal, CurrentUser
-from service.dependencies import AuthCacheDep, PasswordsDep, SessionDep
+from service.dependencies import AuthCacheDep, CachesDep, PasswordsDep, SessionDep
 from service.schemas import Page, PageParams, page_params
 from service.users import service
 from service.users.dependencies import UserById
@@ -48,8 +48,8 @@ async def change_password(
     summary="Delete your account and everything it owns",
     responses={409: {"description": "The last active admin cannot be removed"}},
 )
-async def delete_me(user: CurrentUser, session: SessionDep, auth_cache: AuthCacheDep) -> None:
-    await service.delete_user(session=session, auth_cache=auth_cache, user=user)
+async def delete_me(user: CurrentUser, session: SessionDep, caches: CachesDep) -> None:
+    await service.delete_user(session=session, caches=caches, user=user)
 
 
 @router.get("", summary="List users (admin)")
@@ -95,6 +95,6 @@ async def update_user(
     responses={**_not_found, 409: {"description": "The last active admin cannot be removed"}},
 )
 async def delete_user(
-    _: AdminPrincipal, user: UserById, session: SessionDep, auth_cache: AuthCacheDep
+    _: AdminPrincipal, user: UserById, session: SessionDep, caches: CachesDep
 ) -> None:
-    await service.delete_user(session=session, auth_cache=auth_cache, user=user)
+    await service.delete_user(session=session, caches=caches, user=user)

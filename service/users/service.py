@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth.security import PasswordHasher
 from service.auth.sessions import revoke_all_sessions
 from service.cache.scoped import UserScopedCache
+from service.cache.setup import Caches
 from service.errors import EmailTakenError, LastAdminError, NotFoundError, WrongPasswordError
 from service.observability.metrics import SESSIONS_REVOKED
 from service.schemas import PageParams
@@ -21,12 +22,14 @@ log = structlog.get_logger(__name__)
 async def create_user(
     *, session: AsyncSession, passwords: PasswordHasher, data: UserCreate, role: Role = Role.user
 ) -> User:
+    # Hashed before the first query: no pooled connection waits while argon2 runs.
+    hashed_password = await passwords.hash(data.password)
     if await get_by_email(session=session, email=data.email) is not None:
         raise EmailTakenError()
     user = User(
         email=data.email,
         full_name=data.full_name,
-        hashed_password=await passwords.hash(data.password),
+        hashed_password=hashed_password,
         role=role,
         is_active=True,
     )
@@ -79,6 +82,8 @@ async def change_password(
     user: User,
     data: PasswordChange,
 ) -> None:
+    # Ends the read that loaded `user`: no pooled connection waits while argon2 runs.
+    await session.commit()
     valid, _ = await passwords.verify_and_update(data.current_password, user.hashed_password)
     if not valid:
         raise WrongPasswordError()
@@ -113,12 +118,12 @@ async def admin_update(
     return user
 
 
-async def delete_user(*, session: AsyncSession, auth_cache: UserScopedCache, user: User) -> None:
+async def delete_user(*, session: AsyncSession, caches: Caches, user: User) -> None:
     if user.role == Role.admin and user.is_active:
         await _refuse_removing_last_admin(session=session, user=user)
     await session.delete(user)
     await session.commit()
-    await auth_cache.invalidate(user.id)
+    await caches.invalidate_user(user.id)
     log.info("user_deleted", user_id=user.id)
 
 

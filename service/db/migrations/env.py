@@ -7,6 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from service.db.migrate import migration_transaction
 from service.db.models import Base
 from service.db.session import create_engine
 from service.settings import get_settings
@@ -33,9 +34,8 @@ def _run_migrations(connection: Connection) -> None:
 async def _run_online() -> None:
     engine = create_engine(get_settings().database)
     try:
-        async with engine.connect() as connection:
+        async with migration_transaction(engine) as connection:
             await connection.run_sync(_run_migrations)
-            await connection.commit()
     finally:
         await engine.dispose()
 
