@@ -37,9 +37,6 @@ threads = _server.threads
 timeout = _server.timeout_seconds
 graceful_timeout = _server.graceful_timeout_seconds
 keepalive = _server.keepalive_seconds
-# Whose X-Forwarded-For to believe: the ingress or load balancer in front of the pods. Client
-# addresses feed the login rate limit, so this must name the proxies, not everyone.
-forwarded_allow_ips = _server.forwarded_allow_ips
 max_requests = _server.max_requests
 max_requests_jitter = _server.max_requests_jitter
 # The runtime control socket would land in ~/.gunicorn; the service does not use it.

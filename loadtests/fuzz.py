@@ -115,6 +115,7 @@ def run_fuzz(
         workdir,
         workers=2,
         production_hashes=False,  # the fuzzer registers and logs in thousands of times
+        GLASSHOUSE_HTTP__API_DOCS="true",  # the fuzzer reads /openapi.json (off in production)
         GLASSHOUSE_AUTH__BOOTSTRAP_ADMIN_EMAIL=ADMIN_EMAIL,
         GLASSHOUSE_AUTH__BOOTSTRAP_ADMIN_PASSWORD=ADMIN_PASSWORD,
     ) as service:

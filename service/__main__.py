@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from service.http_protocol import HeadLimitedHttpToolsProtocol
 from service.observability.setup import start_metrics_listener
 from service.settings import get_settings
 
@@ -28,6 +29,8 @@ def main() -> None:
         port=settings.http.port,
         log_config=None,  # create_app configures logging: JSON or console, per settings
         access_log=False,  # the app writes one canonical line per request itself
+        http=HeadLimitedHttpToolsProtocol,  # httptools with a limit on request heads
+        proxy_headers=False,  # the app reads X-Forwarded-For itself, validated
     )
 
 

@@ -10,8 +10,13 @@ from service import __version__, api
 from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
 from service.lifespan import make_lifespan
-from service.middleware import BodySizeLimitMiddleware
+from service.middleware import (
+    BodySizeLimitMiddleware,
+    SecurityHeadersMiddleware,
+    TrustedProxyMiddleware,
+)
 from service.observability import setup as observability
+from service.observability.metrics import FORWARDED_FOR_REJECTED
 from service.settings import Settings, get_settings
 
 
@@ -28,6 +33,8 @@ def create_app(
         version=__version__,
         summary="Users, JWT auth with roles, and items owned by users.",
         lifespan=make_lifespan(settings, lifecycle, tracer_provider),
+        # Off in production unless enabled: the schema maps the whole attack surface.
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
         # FastAPI's native OpenTelemetry (0.165) traces, counts and logs every request as soon
         # as a global provider exists (opentelemetry-instrument sets one) or
         # FASTAPI_OTEL_AUTO_CONFIGURE=true: a second server span and its sub-spans per request
@@ -41,8 +48,8 @@ def create_app(
     api.mount(app)
 
     # Middleware added later wraps what was added before. From the outside in:
-    # request context (span, ID, metrics, logs, last-resort 500) -> CORS
-    # -> body size limit -> routes.
+    # trusted proxy (client address) -> security headers -> request context (span, ID,
+    # metrics, logs, last-resort 500) -> CORS -> body size limit -> routes.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     if settings.http.cors_origins:
         app.add_middleware(
@@ -53,6 +60,13 @@ def create_app(
             expose_headers=["X-Request-ID", "traceresponse"],
         )
     observability.install_outer_middleware(app, settings, tracer_provider)
+    app.add_middleware(SecurityHeadersMiddleware, headers={"X-Content-Type-Options": "nosniff"})
+    # Outermost: everything inside, the access line included, sees the real client address.
+    app.add_middleware(
+        TrustedProxyMiddleware,
+        trusted=settings.http.forwarded_allow_ips,
+        on_rejected=FORWARDED_FOR_REJECTED.inc,
+    )
     _document_errors_in_openapi(app)
     return app
 

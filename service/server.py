@@ -22,6 +22,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from service.http_protocol import HeadLimitedHttpToolsProtocol
 from service.settings import get_settings
 
 log = structlog.get_logger(__name__)
@@ -90,8 +91,11 @@ class DrainingServer(Server):
 class DrainingUvicornWorker(UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "auto",
-        "http": "auto",
+        # httptools with a limit on request heads (service/http_protocol.py).
+        "http": HeadLimitedHttpToolsProtocol,
         "lifespan": "on",
+        # The app reads X-Forwarded-For itself, validated (service/middleware.py).
+        "proxy_headers": False,
         "server_header": False,
     }
 

@@ -94,6 +94,14 @@ class AuthSettings(BaseModel):
         65_536
     )
     argon2_parallelism: Annotated[int, Field(ge=1, description="argon2id lanes.")] = 4
+    max_concurrent_password_checks: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Password hashes and checks one worker runs at once; more are answered "
+            "503 with Retry-After at once (each holds argon2's memory and a core).",
+        ),
+    ] = 2
     bootstrap_admin_email: Annotated[
         str | None, Field(description="Create (or promote) this admin at startup if set.")
     ] = None
@@ -110,9 +118,29 @@ class HttpSettings(BaseModel):
     max_body_bytes: Annotated[
         int, Field(ge=1024, description="Larger request bodies are refused with 413.")
     ] = 1_048_576
+    max_header_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description="Longest request line plus header lines of one request; longer ones "
+            "are refused with 431 before the app runs.",
+        ),
+    ] = 32_768
     cors_origins: Annotated[
         list[str], Field(description="Browser origins allowed by CORS (JSON list).")
     ] = []
+    api_docs: Annotated[
+        bool | None,
+        Field(description="Serve /docs, /redoc and /openapi.json. Unset: on except in production."),
+    ] = None
+    forwarded_allow_ips: Annotated[
+        str,
+        Field(
+            description="Proxies whose X-Forwarded-For and X-Forwarded-Proto are trusted (comma "
+            "list of addresses or networks, or * when only the ingress can reach the pods); "
+            "client addresses feed the login rate limit.",
+        ),
+    ] = "127.0.0.1,::1"
 
 
 class CacheSettings(BaseModel):
@@ -160,13 +188,28 @@ class CacheSettings(BaseModel):
 
 
 class RateLimitSettings(BaseModel):
-    enabled: Annotated[bool, Field(description="Limit failed logins (needs Redis).")] = True
+    """Failed logins are limited per (account, client address), per address and, far higher,
+    per account: a guesser is stopped without being able to lock the owner out."""
+
+    enabled: Annotated[
+        bool,
+        Field(description="Limit failed logins (across workers with Redis, per worker without)."),
+    ] = True
     window_seconds: Annotated[
         int, Field(ge=1, description="Window in which failed logins are counted.")
     ] = 900
-    max_failures_per_account: Annotated[
-        int, Field(ge=1, description="Failed logins for one email within the window.")
+    max_failures_per_client: Annotated[
+        int,
+        Field(ge=1, description="Failed logins for one email from one client address."),
     ] = 10
+    max_failures_per_account: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Failed logins for one email from all addresses together: a ceiling "
+            "against guessing from many addresses.",
+        ),
+    ] = 100
     max_failures_per_address: Annotated[
         int, Field(ge=1, description="Failed logins from one client address within the window.")
     ] = 50
@@ -205,13 +248,6 @@ class ServerSettings(BaseModel):
     max_requests_jitter: Annotated[
         int, Field(ge=0, description="Random extra requests, so workers do not recycle at once.")
     ] = 1_000
-    forwarded_allow_ips: Annotated[
-        str,
-        Field(
-            description="Proxies whose X-Forwarded-For is trusted (comma list, or * when only "
-            "the ingress can reach the pods); client addresses feed the login rate limit."
-        ),
-    ] = "127.0.0.1,::1"
     drain_seconds: Annotated[
         float,
         Field(
@@ -441,6 +477,12 @@ class Settings(BaseSettings):
         if self.otel.sdk_disabled:
             return False
         return bool(self.otel.exporter_otlp_endpoint or self.otel.exporter_otlp_traces_endpoint)
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        if self.http.api_docs is not None:
+            return self.http.api_docs
+        return self.environment is not Environment.production
 
     @property
     def should_auto_migrate(self) -> bool:

@@ -91,7 +91,19 @@ CACHE_NEAR_ENTRIES = Gauge(
 RATE_LIMITED = Counter(
     "glasshouse_rate_limited_total", "Requests refused by a rate limit, by limit.", ["limit"]
 )
-RATE_LIMITS = ("login_account", "login_address")
+RATE_LIMITS = ("login_client", "login_account", "login_address")
+RATE_LIMIT_FALLBACKS = Counter(
+    "glasshouse_rate_limit_fallbacks_total",
+    "Login attempts counted by the worker alone because Redis was unavailable.",
+)
+PASSWORD_CHECKS_REFUSED = Counter(
+    "glasshouse_password_checks_refused_total",
+    "Password hashes and checks refused (503) because the worker was running its maximum.",
+)
+FORWARDED_FOR_REJECTED = Counter(
+    "glasshouse_forwarded_for_rejected_total",
+    "X-Forwarded-For values from trusted proxies that were not an IP address (ignored).",
+)
 APP_INFO = Gauge(
     "glasshouse_app_info",
     "Always 1; labels carry the running version and build.",
