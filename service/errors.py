@@ -129,6 +129,19 @@ class DatabaseUnavailableError(AppError):
         )
 
 
+class ServerBusyError(AppError):
+    """Capacity, not a rate limit: this worker is already running as many slow operations of
+    the kind as it allows, so the request is refused at once rather than queued."""
+
+    status = 503
+    code = "server_busy"
+    title = "Server busy"
+    retry_after_seconds = 1
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after_seconds)})
+
+
 class PayloadTooLargeError(AppError):
     status = 413
     code = "payload_too_large"
@@ -415,7 +428,7 @@ _DESCRIPTIONS = {
     "422": "Validation failed",
     "429": "Too many requests",
     "500": "Internal error",
-    "503": "Database unavailable (see Retry-After)",
+    "503": "Database unavailable or server busy (see Retry-After)",
 }
 
 

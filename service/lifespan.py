@@ -51,12 +51,12 @@ def make_lifespan(
         caches = build_caches(settings)
         caches.start()
         observability.observe_cache(app, caches, tracer_provider)
+        passwords = PasswordHasher(settings.auth)
         try:
             await _wait_for_database(engine, settings)
             if settings.should_auto_migrate:
                 await upgrade_to_head(engine)
             sessionmaker = create_sessionmaker(engine)
-            passwords = PasswordHasher(settings.auth)
             async with sessionmaker() as session:
                 await ensure_bootstrap_admin(session, passwords, settings.auth, caches.auth)
             yield AppState(
@@ -72,6 +72,7 @@ def make_lifespan(
             )
         finally:
             lifecycle.begin_draining()
+            passwords.close()
             await caches.close()
             await engine.dispose()
             observability.flush_buffers(app)

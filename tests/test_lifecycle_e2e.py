@@ -78,6 +78,8 @@ def test_sigterm_drains_in_flight_requests(database_url: str, tmp_path: Path) ->
         tmp_path,
         GLASSHOUSE_SERVER__DRAIN_SECONDS="2",
         GLASSHOUSE_SERVER__GRACEFUL_TIMEOUT_SECONDS="20",
+        # All six slow registrations in flight at once, none refused for capacity.
+        GLASSHOUSE_AUTH__MAX_CONCURRENT_PASSWORD_CHECKS="6",
         **slow,
     ) as service:
         results: list[int] = []

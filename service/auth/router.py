@@ -1,11 +1,10 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 
 from service.auth import service
 from service.auth.dependencies import CurrentPrincipal
-from service.auth.schemas import RefreshRequest, TokenPair
+from service.auth.schemas import LoginForm, RefreshRequest, TokenPair
 from service.dependencies import (
     AccessTokensDep,
     AuthCacheDep,
@@ -31,17 +30,25 @@ async def register(data: UserCreate, session: SessionDep, passwords: PasswordsDe
     return UserRead.model_validate(user)
 
 
+async def no_store(response: Response) -> None:
+    """Responses that carry tokens must not be kept by any cache (RFC 6749, section 5.1)."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
 @router.post(
     "/token",
     summary="Log in (OAuth2 password flow): email as username",
+    dependencies=[Depends(no_store)],
     responses={
         401: {"description": "Incorrect email or password"},
         403: {"description": "The account is inactive"},
         429: {"description": "Too many failed logins (see Retry-After)"},
+        503: {"description": "Too many password checks at once (see Retry-After)"},
     },
 )
 async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Form()],
     request: Request,
     session: SessionDep,
     passwords: PasswordsDep,
@@ -65,6 +72,7 @@ async def token(
 @router.post(
     "/refresh",
     summary="Exchange a refresh token for a new pair (the old one stops working)",
+    dependencies=[Depends(no_store)],
     responses={401: {"description": "Invalid, expired or reused refresh token"}},
 )
 async def refresh(

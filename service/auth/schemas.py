@@ -16,3 +16,14 @@ class TokenPair(BaseModel):
 
 class RefreshRequest(StrictInput):
     refresh_token: Annotated[str, Field(min_length=16, max_length=256, pattern=NO_NUL_PATTERN)]
+
+
+class LoginForm(BaseModel):
+    """The OAuth2 password grant's form (RFC 6749, section 4.3.2), as Swagger's Authorize
+    sends it. A form model rather than FastAPI's OAuth2PasswordRequestForm class, which as a
+    plain class dependency is built in a worker thread on every login."""
+
+    grant_type: Annotated[str | None, Field(pattern="^password$")] = None
+    username: Annotated[str, Field(description="The account's email.")]
+    password: Annotated[str, Field(json_schema_extra={"format": "password"})]
+    scope: str = ""

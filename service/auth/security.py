@@ -4,24 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
+import sys
+import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import jwt
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from service.errors import InvalidTokenError
+from service.errors import InvalidTokenError, ServerBusyError
+from service.observability.metrics import PASSWORD_CHECKS_REFUSED
 from service.settings import AuthSettings
+
+T = TypeVar("T")
 
 
 class PasswordHasher:
-    """argon2id via pwdlib; hashing runs in a thread because it is deliberately slow."""
+    """argon2id via pwdlib; hashing runs in a thread because it is deliberately slow.
+
+    At most ``max_concurrent_password_checks`` run at once in a worker: each holds argon2's
+    memory and a core, and a login burst queued behind them would slow every other request.
+    One more is refused at once with 503 and Retry-After."""
 
     def __init__(self, settings: AuthSettings) -> None:
+        self.max_running = settings.max_concurrent_password_checks
+        self.running = 0
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.max_running,
+            thread_name_prefix="password-hashing",
+            initializer=_yield_cpu_to_requests,
+        )
         self._hash = PasswordHash(
             (
                 Argon2Hasher(
@@ -36,14 +56,39 @@ class PasswordHasher:
         self._decoy_hash = self._hash.hash(secrets.token_urlsafe(16))
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hash.hash, password)
+        return await self._run(self._hash.hash, password)
 
     async def verify_and_update(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
         """Returns (valid, new_hash); new_hash is set when the stored hash uses old parameters."""
         if hashed is None:
-            await asyncio.to_thread(self._hash.verify, password, self._decoy_hash)
+            await self._run(self._hash.verify, password, self._decoy_hash)
             return False, None
-        return await asyncio.to_thread(self._hash.verify_and_update, password, hashed)
+        return await self._run(self._hash.verify_and_update, password, hashed)
+
+    def ensure_capacity(self) -> None:
+        """Refuses at once, before any other work, when no check could start now."""
+        if self.running >= self.max_running:
+            PASSWORD_CHECKS_REFUSED.inc()
+            raise ServerBusyError("Too many password checks at once; retry shortly.")
+
+    async def _run(self, work: Callable[..., T], *args: str) -> T:
+        self.ensure_capacity()
+        self.running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
+        finally:
+            self.running -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _yield_cpu_to_requests() -> None:
+    """Hashing threads run at a lower priority than the event loop, so a login burst slows
+    the logins, not every other request. On Linux a thread's nice value is its own, and
+    argon2's lane threads inherit it; elsewhere it would apply to the whole process."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,17 +39,23 @@ async def authenticate(
 ) -> User:
     if len(email) > MAX_EMAIL_LENGTH or len(password) > MAX_PASSWORD_LENGTH or "\x00" in email:
         raise InvalidCredentialsError()
-    await limiter.check(email, client_address)
-    user = await get_by_email(session=session, email=email)
-    valid, new_hash = await passwords.verify_and_update(
-        password, user.hashed_password if user else None
-    )
+    passwords.ensure_capacity()
+    attempt = await limiter.reserve(email, client_address)
+    try:
+        user = await get_by_email(session=session, email=email)
+        # Ends the read, so no pooled connection waits while argon2 runs; `user` stays usable.
+        await session.commit()
+        valid, new_hash = await passwords.verify_and_update(
+            password, user.hashed_password if user else None
+        )
+    except Exception:
+        await limiter.release(attempt)  # the password was never checked: not a failure
+        raise
     if user is None or not valid:
         log.info("login_failed", reason="invalid_credentials")
         LOGIN_ATTEMPTS.labels(outcome="invalid_credentials").inc()
-        await limiter.record_failure(email, client_address)
-        raise InvalidCredentialsError()
-    await limiter.record_success(email, client_address)
+        raise InvalidCredentialsError()  # the reserved attempt stays counted
+    await limiter.release(attempt)
     if not user.is_active:
         log.info("login_failed", reason="inactive", user_id=user.id)
         LOGIN_ATTEMPTS.labels(outcome="inactive").inc()

@@ -128,15 +128,20 @@ class Cache:
         if not done:
             self._pending_writes.update(items)
 
-    async def hit_window(self, key: str, window_seconds: int) -> tuple[int, int] | None:
+    async def reserve(
+        self, keys: list[str], limits: list[int], window_seconds: int
+    ) -> tuple[bool, tuple[int, int] | None]:
+        """(done, refusal): see RedisStore.reserve; done is False when the store was skipped
+        or failed."""
         store = self.store
-        return (
-            (await self._call(lambda: store.hit_window(key, window_seconds)))[1] if store else None
-        )
+        if store is None:
+            return False, None
+        return await self._call(lambda: store.reserve(keys, limits, window_seconds))
 
-    async def window(self, keys: list[str]) -> list[tuple[int, int]] | None:
+    async def release(self, keys: list[str]) -> None:
         store = self.store
-        return (await self._call(lambda: store.window(keys)))[1] if store else None
+        if store is not None:
+            await self._call(lambda: store.release(keys))
 
     async def delete(self, key: str) -> None:
         store = self.store

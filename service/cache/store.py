@@ -24,6 +24,28 @@ def _unobserved(_: str, __: int) -> AbstractContextManager[object]:
     return _UNOBSERVED
 
 
+# Checked and counted in one script, so no number of concurrent attempts can all pass the
+# check before any of them is counted. Returns {0, 0}, or {the exhausted counter (from 1),
+# its seconds left}.
+_RESERVE = """
+for i, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[i + 1]) then
+    return {i, redis.call('TTL', key)}
+  end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('INCR', key)
+  redis.call('EXPIRE', key, ARGV[1], 'NX')
+end
+return {0, 0}
+"""
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+end
+"""
+
+
 class RedisStore(RedisBackend):
     """fastapi-cache2's Redis backend on a client with short timeouts and no retries: a slow
     Redis must cost a bounded wait, not a retry loop."""
@@ -32,6 +54,8 @@ class RedisStore(RedisBackend):
         super().__init__(client)
         self.client = client
         self.round_trip: RoundTripObserver = _unobserved
+        self._reserve = client.register_script(_RESERVE)
+        self._release = client.register_script(_RELEASE)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         with self.round_trip("MGET", 1):
@@ -49,25 +73,17 @@ class RedisStore(RedisBackend):
         with self.round_trip("DEL", 1):
             await self.client.delete(key)
 
-    async def hit_window(self, key: str, window_seconds: int) -> tuple[int, int]:
-        """Counts one event in a fixed window; returns (events so far, seconds left)."""
-        with self.round_trip("MULTI INCR EXPIRE TTL EXEC", 3):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, window_seconds, nx=True)
-                pipe.ttl(key)
-                count, _, ttl = await pipe.execute()
-        return int(count), max(int(ttl), 1)
+    async def reserve(
+        self, keys: list[str], limits: list[int], window_seconds: int
+    ) -> tuple[int, int] | None:
+        """Counts one attempt against every counter, all or none, in one atomic step."""
+        with self.round_trip("EVALSHA reserve", 1):
+            index, ttl = await self._reserve(keys=keys, args=[window_seconds, *limits])
+        return None if index == 0 else (int(index) - 1, max(int(ttl), 1))
 
-    async def window(self, keys: list[str]) -> list[tuple[int, int]]:
-        """(events, seconds left) of each counter, without counting."""
-        with self.round_trip("GET TTL", 2 * len(keys)):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                    pipe.ttl(key)
-                raw = await pipe.execute()
-        return [(int(raw[i] or 0), max(int(raw[i + 1]), 0)) for i in range(0, len(raw), 2)]
+    async def release(self, keys: list[str]) -> None:
+        with self.round_trip("EVALSHA release", 1):
+            await self._release(keys=keys)
 
     async def ping(self) -> None:
         with self.round_trip("PING", 1):
@@ -97,6 +113,15 @@ class MemoryStore(InMemoryBackend):
             return None
         return entry
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def purge_expired(self) -> None:
+        now = time.monotonic()
+        self._entries = {
+            key: entry for key, entry in self._entries.items() if entry.expires_at > now
+        }
+
     async def get(self, key: str) -> bytes | None:
         entry = self._live(key)
         return entry.value if entry else None
@@ -114,23 +139,30 @@ class MemoryStore(InMemoryBackend):
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
 
-    async def hit_window(self, key: str, window_seconds: int) -> tuple[int, int]:
-        entry = self._live(key)
-        if entry is None:
-            entry = _Entry(b"0", time.monotonic() + window_seconds)
+    async def reserve(
+        self, keys: list[str], limits: list[int], window_seconds: int
+    ) -> tuple[int, int] | None:
+        """As RedisStore.reserve; atomic because nothing here awaits."""
+        now = time.monotonic()
+        for index, (key, limit) in enumerate(zip(keys, limits, strict=True)):
+            entry = self._live(key)
+            if entry is not None and int(entry.value) >= limit:
+                return index, max(int(entry.expires_at - now), 1)
+        for key in keys:
+            entry = self._live(key) or _Entry(b"0", now + window_seconds)
+            entry.value = str(int(entry.value) + 1).encode()
             self._entries[key] = entry
-        entry.value = str(int(entry.value) + 1).encode()
-        return int(entry.value), max(int(entry.expires_at - time.monotonic()), 1)
+        return None
 
-    async def window(self, keys: list[str]) -> list[tuple[int, int]]:
-        found = []
+    async def release(self, keys: list[str]) -> None:
         for key in keys:
             entry = self._live(key)
-            if entry is None:
-                found.append((0, 0))
-            else:
-                found.append((int(entry.value), max(int(entry.expires_at - time.monotonic()), 1)))
-        return found
+            if entry is not None:
+                count = int(entry.value) - 1
+                if count > 0:
+                    entry.value = str(count).encode()
+                else:
+                    del self._entries[key]
 
     async def ping(self) -> None:
         return None

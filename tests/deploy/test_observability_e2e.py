@@ -49,7 +49,7 @@ from tests.processes import Gunicorn, free_port, migrated_postgres_database, run
 
 NAMESPACE = "compose"  # set by the scrape config's relabelling, as in deploy/compose
 RATE_INTERVAL = "5m"  # covers the whole test, from before the traffic on
-MAX_FAILURES_PER_ACCOUNT = 3
+MAX_FAILURES_PER_CLIENT = 3
 
 # What each alert watches, evaluated without its threshold: it must have data now.
 ALERT_SIGNALS: dict[str, str] = {
@@ -106,7 +106,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
             tmp_path_factory.mktemp("gunicorn"),
             REDIS_URL=REDIS_URL,
             GLASSHOUSE_CACHE__KEY_PREFIX=f"gh-deploy-{uuid.uuid4().hex[:16]}",
-            GLASSHOUSE_RATE_LIMIT__MAX_FAILURES_PER_ACCOUNT=str(MAX_FAILURES_PER_ACCOUNT),
+            GLASSHOUSE_RATE_LIMIT__MAX_FAILURES_PER_CLIENT=str(MAX_FAILURES_PER_CLIENT),
             GLASSHOUSE_SERVER__DRAIN_SECONDS="0.5",  # quick teardown; drain tested elsewhere
         ) as server,
     ):
@@ -229,7 +229,7 @@ def drive_traffic(base_url: str) -> None:
             204,
         )
         wrong = {"username": email, "password": "not-the-password"}
-        for _ in range(MAX_FAILURES_PER_ACCOUNT):
+        for _ in range(MAX_FAILURES_PER_CLIENT):
             expect(client.post("/api/v1/auth/token", data=wrong), 401)
         expect(client.post("/api/v1/auth/token", data=wrong), 429)
 
@@ -240,7 +240,7 @@ def scraped(service: Gunicorn, prometheus: Prometheus) -> Prometheus:
     drive_traffic(service.url)
     wait_for(
         lambda: (
-            bool(prometheus.query('glasshouse_rate_limited_total{limit="login_account"} > 0'))
+            bool(prometheus.query('glasshouse_rate_limited_total{limit="login_client"} > 0'))
             and bool(prometheus.query("glasshouse_items_deleted_total > 0"))
         ),
         30,
