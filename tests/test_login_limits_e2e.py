@@ -204,7 +204,7 @@ async def test_a_login_burst_does_not_slow_other_users(production_hashing: Gunic
     assert max(seconds for _, seconds in reads) < 1, reads
     codes = [status for status, _, _ in results]
     assert set(codes) <= {200, 503}, codes
-    assert codes.count(200) >= 4
+    assert codes.count(200) >= 2  # at least the capacity of one worker
     busy = [(headers, body) for status, headers, body in results if status == 503]
     for headers, body in busy:
         assert json.loads(body)["code"] == "server_busy"

@@ -10,8 +10,10 @@ import sys
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -25,6 +27,8 @@ from service.observability.metrics import PASSWORD_CHECKS_REFUSED
 from service.settings import AuthSettings
 
 T = TypeVar("T")
+# Whether this request (task) holds a password-check slot already.
+_holding_slot: ContextVar[bool] = ContextVar("holding_password_check_slot", default=False)
 
 
 class PasswordHasher:
@@ -65,19 +69,28 @@ class PasswordHasher:
             return False, None
         return await self._run(self._hash.verify_and_update, password, hashed)
 
-    def ensure_capacity(self) -> None:
-        """Refuses at once, before any other work, when no check could start now."""
+    @contextmanager
+    def capacity(self) -> Iterator[None]:
+        """Holds one of the worker's password-check slots, or refuses at once (503). A login
+        takes it before anything else, so a burst is refused before it queries anything;
+        hash() and verify_and_update() take one themselves unless the request holds one."""
+        if _holding_slot.get():
+            yield
+            return
         if self.running >= self.max_running:
             PASSWORD_CHECKS_REFUSED.inc()
             raise ServerBusyError("Too many password checks at once; retry shortly.")
+        self.running += 1
+        token = _holding_slot.set(True)
+        try:
+            yield
+        finally:
+            _holding_slot.reset(token)
+            self.running -= 1
 
     async def _run(self, work: Callable[..., T], *args: str) -> T:
-        self.ensure_capacity()
-        self.running += 1
-        try:
+        with self.capacity():
             return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
-        finally:
-            self.running -= 1
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

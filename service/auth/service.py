@@ -39,18 +39,21 @@ async def authenticate(
 ) -> User:
     if len(email) > MAX_EMAIL_LENGTH or len(password) > MAX_PASSWORD_LENGTH or "\x00" in email:
         raise InvalidCredentialsError()
-    passwords.ensure_capacity()
-    attempt = await limiter.reserve(email, client_address)
-    try:
-        user = await get_by_email(session=session, email=email)
-        # Ends the read, so no pooled connection waits while argon2 runs; `user` stays usable.
-        await session.commit()
-        valid, new_hash = await passwords.verify_and_update(
-            password, user.hashed_password if user else None
-        )
-    except Exception:
-        await limiter.release(attempt)  # the password was never checked: not a failure
-        raise
+    # A password-check slot first: a login that could not be checked now is refused (503)
+    # before it costs a rate-limit count or a query.
+    with passwords.capacity():
+        attempt = await limiter.reserve(email, client_address)
+        try:
+            user = await get_by_email(session=session, email=email)
+            # Ends the read, so no pooled connection waits while argon2 runs; `user` stays
+            # usable.
+            await session.commit()
+            valid, new_hash = await passwords.verify_and_update(
+                password, user.hashed_password if user else None
+            )
+        except Exception:
+            await limiter.release(attempt)  # the password was never checked: not a failure
+            raise
     if user is None or not valid:
         log.info("login_failed", reason="invalid_credentials")
         LOGIN_ATTEMPTS.labels(outcome="invalid_credentials").inc()
