@@ -9,6 +9,19 @@ MAX_PAGE_SIZE = 100
 MAX_OFFSET = 100_000
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and would overflow the driver
 NO_NUL_PATTERN = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
+# What str.strip() removes (str.isspace()), spelled so that JSON Schema's regex dialect and
+# pydantic's agree.
+_WHITESPACE = r"\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# No U+0000, and something besides whitespace: input is stripped, and a name left empty is
+# refused. Saying so in the schema keeps schema-driven clients and fuzzers in agreement.
+NOT_BLANK_PATTERN = rf"^[^\x00]*[^\x00{_WHITESPACE}][^\x00]*$"
+# email-validator refuses special-use domains (RFC 6761: .test, .localhost, ...) and domains
+# without a dot; the schema says the same in a pattern. Letters in both cases: no regex flags.
+_SPECIAL_USE = "|".join(
+    "".join(f"[{c.lower()}{c.upper()}]" for c in name)
+    for name in ("arpa", "invalid", "local", "localhost", "onion", "test")
+)
+DELIVERABLE_EMAIL_PATTERN = rf"^[^@]+@(?![^@]*\.(?:{_SPECIAL_USE})\.?$)[^@]+\.[^@]+$"
 
 
 def whole_number(value: object) -> object:

@@ -5,11 +5,17 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from service.items.models import ItemStatus
-from service.schemas import NO_NUL_PATTERN, StrictInput, whole_number
+from service.schemas import NO_NUL_PATTERN, NOT_BLANK_PATTERN, StrictInput, whole_number
 
 Title = Annotated[
     str,
-    Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN, examples=["Water the ferns"]),
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=NOT_BLANK_PATTERN,
+        description="Surrounding whitespace is removed; a title of whitespace only is refused.",
+        examples=["Water the ferns"],
+    ),
 ]
 Description = Annotated[
     str,

@@ -11,7 +11,12 @@ from pydantic import (
     field_validator,
 )
 
-from service.schemas import NO_NUL_PATTERN, StrictInput
+from service.schemas import (
+    DELIVERABLE_EMAIL_PATTERN,
+    NO_NUL_PATTERN,
+    NOT_BLANK_PATTERN,
+    StrictInput,
+)
 from service.users.models import Role
 
 # Never stripped: spaces at either end are part of a password.
@@ -21,7 +26,24 @@ Password = Annotated[
     Field(min_length=8, max_length=128, pattern=NO_NUL_PATTERN, examples=["correct-horse-42"]),
 ]
 FullName = Annotated[
-    str, Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN, examples=["Ada Lovelace"])
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=NOT_BLANK_PATTERN,
+        description="Surrounding whitespace is removed; a name of whitespace only is refused.",
+        examples=["Ada Lovelace"],
+    ),
+]
+Email = Annotated[
+    EmailStr,
+    Field(
+        max_length=320,
+        description="Lower-cased. Addresses on special-use domains (RFC 6761: .test, .local, "
+        ".localhost, .invalid, .onion, .arpa) or on a domain without a dot are refused.",
+        json_schema_extra={"pattern": DELIVERABLE_EMAIL_PATTERN},
+        examples=["ada@example.com"],
+    ),
 ]
 
 
@@ -33,7 +55,7 @@ class _NormalizedEmail(StrictInput):
 
 
 class UserCreate(_NormalizedEmail):
-    email: Annotated[EmailStr, Field(max_length=320, examples=["ada@example.com"])]
+    email: Email
     password: Password
     full_name: FullName | None = None
 
@@ -41,7 +63,7 @@ class UserCreate(_NormalizedEmail):
 class UserUpdateMe(_NormalizedEmail):
     not_nullable = ("email",)
 
-    email: Annotated[EmailStr | None, Field(max_length=320)] = None
+    email: Email | None = None
     full_name: FullName | None = None
 
 
