@@ -4,9 +4,7 @@ Each domain keeps its own APIRouter, but the app gets their routes flat (``mount
 first, instead of through ``include_router``: FastAPI 0.165 wraps an included router in a
 layer that is matched once to select it and again to dispatch inside it, on every request.
 Flat, a trivial request took 30 us less (in-process, this machine); the OpenAPI document is the
-same either way (tests/test_api_mount.py). Each is a ``LeanRoute`` (service/routing.py):
-the routes of its narrow shape, the item read among them, skip FastAPI's general request
-handler.
+same either way (tests/test_api_mount.py).
 """
 
 from fastapi import APIRouter, FastAPI
@@ -16,7 +14,6 @@ from service.auth.router import router as auth_router
 from service.health.router import router as health_router
 from service.items.router import router as items_router
 from service.meta.router import router as meta_router
-from service.routing import LeanRoute
 from service.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
@@ -68,5 +65,4 @@ def add_routes_flat(app: FastAPI, router: APIRouter, *, prefix: str) -> None:
             callbacks=route.callbacks,
             openapi_extra=route.openapi_extra,
             generate_unique_id_function=route.generate_unique_id_function,
-            route_class_override=LeanRoute,
         )

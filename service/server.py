@@ -13,12 +13,15 @@ import asyncio
 import contextvars
 import gc
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, ClassVar
 
 import structlog
 from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -46,46 +49,49 @@ def tune_garbage_collector(young_threshold: int) -> None:
 
 
 class DrainingServer(Server):
+    """uvicorn's server, with the drain on the first SIGTERM and the collector tuned once ready.
+
+    ``on_drain`` is where the drain starts: called once, on the event loop, when the first
+    SIGTERM arrives; the server then keeps serving for ``drain_seconds`` before it stops."""
+
     def __init__(
         self,
-        *args: Any,
+        config: Config,
+        *,
         drain_seconds: float,
         gc_young_threshold: int,
-        on_drain: Any,
-        **kwargs: Any,
+        on_drain: Callable[[], None],
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(config)
         self._drain_seconds = drain_seconds
         self._gc_young_threshold = gc_young_threshold
         self._on_drain = on_drain
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving_loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
 
-    async def serve(self, sockets: Any = None) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._serving_loop = asyncio.get_running_loop()
         await super().serve(sockets=sockets)
 
-    async def startup(self, sockets: Any = None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         tune_garbage_collector(self._gc_young_threshold)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig != signal.SIGTERM or self._draining or not self._drain_seconds or not self._loop:
+        loop = self._serving_loop
+        if sig != signal.SIGTERM or self._draining or not self._drain_seconds or loop is None:
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        # In a context of its own: the handler runs inside whichever request happens to be
-        # current, and its log lines must not carry that request's ID.
-        contextvars.Context().run(self._announce_drain)
-        # Signal handlers may only hand work to the loop, never touch it directly.
-        self._loop.call_soon_threadsafe(
-            self._loop.call_later, self._drain_seconds, super().handle_exit, sig, frame
-        )
+        # A signal handler may only hand work to the loop, never touch it (or the log stream)
+        # itself. A context of its own: the handler interrupts whichever request is current,
+        # and the drain's log lines must not carry that request's ID.
+        loop.call_soon_threadsafe(self._begin_drain, sig, frame, context=contextvars.Context())
 
-    def _announce_drain(self) -> None:
-        structlog.contextvars.clear_contextvars()
+    def _begin_drain(self, sig: int, frame: FrameType | None) -> None:
         self._on_drain()
         log.info("sigterm_received", drain_seconds=self._drain_seconds)
+        asyncio.get_running_loop().call_later(self._drain_seconds, super().handle_exit, sig, frame)
 
 
 class DrainingUvicornWorker(UvicornWorker):
@@ -99,21 +105,33 @@ class DrainingUvicornWorker(UvicornWorker):
         "server_header": False,
     }
 
-    async def _serve(self) -> None:
+    def run(self) -> None:
+        """gunicorn's entry point in the forked worker (uvicorn_worker's own goes through its
+        private helpers, which an upgrade may change)."""
+        with asyncio.Runner(loop_factory=self.config.get_loop_factory()) as runner:
+            runner.run(self.serve_until_exit())
+
+    async def serve_until_exit(self) -> None:
         self.config.app = self.wsgi
         settings = get_settings().server
         server = DrainingServer(
             config=self.config,
             drain_seconds=settings.drain_seconds,
             gc_young_threshold=settings.gc_young_threshold,
-            on_drain=self._begin_draining,
+            on_drain=self.begin_draining,
         )
-        self._install_sigquit_handler()
+        # As uvicorn_worker does: gunicorn's quick shutdown sends SIGQUIT, which init_signals
+        # left at its default (a core dump). See encode/uvicorn#1116, benoitc/gunicorn#2604.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGQUIT, self.handle_exit, signal.SIGQUIT, None
+        )
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
-    def _begin_draining(self) -> None:
+    def begin_draining(self) -> None:
+        """Once, when the first SIGTERM arrives: readiness answers 503 from now on. Whatever
+        else must react at once to the drain (closing real-time connections) starts here."""
         lifecycle = getattr(getattr(self.wsgi, "state", None), "lifecycle", None)
         if lifecycle is not None:
             lifecycle.begin_draining()

@@ -297,8 +297,8 @@ class ObservabilitySettings(BaseModel):
         Field(
             ge=0,
             le=60,
-            description="How often a worker writes its batched HTTP metrics (0: on every "
-            "request); a scrape may be this far behind.",
+            description="How often, at most, a worker samples its database pool and near-cache "
+            "gauges while requests come in (0: on every request).",
         ),
     ] = 1.0
     metrics_host: Annotated[str, Field(description="Address of the separate metrics listener.")] = (

@@ -57,7 +57,7 @@ def metric(text: str, key: str) -> float:
 
 
 def settled_metric(url: str, key: str, expected: float, timeout: float = 5) -> float:
-    """The value once workers have flushed their batched metrics (every second by default)."""
+    """The value once every worker's update has reached the multiprocess files."""
     deadline = time.monotonic() + timeout
     while (value := metric(httpx.get(url).text, key)) != expected and time.monotonic() < deadline:
         time.sleep(0.1)

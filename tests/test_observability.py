@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.main import create_app
 from service.observability.logging import (
-    bound_log_context,
     clear_log_context,
     configure_logging,
+    log_context_setter,
     redact_secrets,
     redacted_log_context,
     reset_logging,
@@ -229,20 +229,17 @@ async def test_what_a_request_binds_is_gone_when_it_ends(
     assert structlog.contextvars.get_contextvars() == {}
 
 
-def test_bound_log_context_reads_what_structlog_would() -> None:
+def test_the_request_context_helpers_bind_and_clear_what_structlog_reads() -> None:
     structlog.contextvars.clear_contextvars()
     try:
-        assert bound_log_context() == structlog.contextvars.get_contextvars() == {}
-        structlog.contextvars.bind_contextvars(request_id="r-1", user_id=7, note=None)
-        structlog.contextvars.unbind_contextvars("note")
-        assert bound_log_context() == structlog.contextvars.get_contextvars()
-        assert bound_log_context() == {"request_id": "r-1", "user_id": 7}
-        with structlog.contextvars.bound_contextvars(user_id=8, extra="x"):
-            assert bound_log_context() == structlog.contextvars.get_contextvars()
-            assert bound_log_context()["user_id"] == 8
-        assert bound_log_context() == {"request_id": "r-1", "user_id": 7}
+        set_request_id = log_context_setter("request_id")
+        set_request_id("r-1")
+        structlog.contextvars.bind_contextvars(user_id=7)
+        assert structlog.contextvars.get_contextvars() == {"request_id": "r-1", "user_id": 7}
+        set_request_id("r-2")
+        assert structlog.contextvars.get_contextvars()["request_id"] == "r-2"
         clear_log_context()
-        assert bound_log_context() == structlog.contextvars.get_contextvars() == {}
+        assert structlog.contextvars.get_contextvars() == {}
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -278,13 +275,15 @@ def test_timestamps_are_utc_with_microseconds_across_seconds_and_clock_changes(
 def test_the_access_line_context_is_redacted_as_the_processor_chain_would(
     bound: dict[str, Any],
 ) -> None:
-    """redacted_log_context() is the chain's bound_log_context + redact_secrets in one pass,
-    with each key's verdict remembered: both must give the same, twice in a row."""
+    """redacted_log_context() gives what the chain's merge_contextvars + redact_secrets give,
+    and leaves the bound values themselves as they were (twice in a row)."""
     structlog.contextvars.clear_contextvars()
     try:
         structlog.contextvars.bind_contextvars(**bound)
         for _ in range(2):
-            assert redacted_log_context() == redact_secrets(None, "", bound_log_context())
+            expected = redact_secrets(None, "", structlog.contextvars.get_contextvars())
+            assert redacted_log_context() == expected
+            assert structlog.contextvars.get_contextvars() == bound
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -495,6 +494,56 @@ async def test_inbound_traceparent_is_continued(
     assert trace_hex(span) == trace_id
     assert span.parent is not None
     assert format(span.parent.span_id, "016x") == parent_id
+
+
+async def test_the_server_span_carries_the_http_semantic_conventions(
+    client: httpx.AsyncClient, exporter: InMemorySpanExporter
+) -> None:
+    account = await make_account(client)
+    item = await make_item(client, account)
+    exporter.clear()
+    response = await client.get(f"{API}/items/{item['id']}", headers=account.headers)
+    [span] = server_spans(exporter)
+    assert span.name == "GET /api/v1/items/{item_id}"
+    assert span.parent is None
+    assert span.attributes == {
+        "http.request.method": "GET",
+        "url.path": f"{API}/items/{item['id']}",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "http.request_id": response.headers["x-request-id"],
+        "client.address": "203.0.113.7",
+        "server.address": "test",  # no port: the test transport's scope has none
+        "glasshouse.cache.result": "miss",  # set by the items router
+        "http.route": "/api/v1/items/{item_id}",
+        "http.response.status_code": 200,
+    }
+    assert span.status.status_code.name == "UNSET"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"baggage": "tenant=7"},
+        {"traceparent": "00-not-a-trace-01"},
+        {"traceparent": f"00-{'0' * 32}-00f067aa0ba902b7-01"},  # all-zero trace ID: invalid
+    ],
+)
+async def test_a_request_without_a_valid_inbound_trace_is_sampled_by_ratio(
+    database_url: str,
+    exporter: InMemorySpanExporter,
+    empty_database: AsyncEngine,
+    headers: dict[str, str],
+) -> None:
+    """Propagation headers that carry no trace decide nothing: the root ratio does."""
+    settings = make_settings(
+        database_url, observability=ObservabilitySettings(trace_sample_ratio=0.0)
+    )
+    async with traced_client(settings, exporter) as client:
+        response = await client.get(f"{API}/info", headers=headers)
+    assert response.status_code == 200
+    assert "traceresponse" not in response.headers
+    assert exporter.get_finished_spans() == ()
 
 
 async def test_probes_and_metrics_are_not_traced(

@@ -1,7 +1,7 @@
-"""What keeps observability cheap must not change what it reports: batched HTTP metrics add up
-to what was served, pool gauges are read when they are flushed, root sampling keeps the
-configured share of traces (and respects an upstream decision), and the access line honours
-the log level."""
+"""What keeps observability cheap must not change what it reports: HTTP metrics add up to what
+was served, pool gauges are read when they are flushed, root sampling keeps the configured
+share of traces (and respects an upstream decision), and the access line honours the log
+level."""
 
 import asyncio
 import json
@@ -38,9 +38,10 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def test_batched_http_metrics_add_up_when_flushed() -> None:
+async def test_http_metrics_add_up_to_what_was_served() -> None:
     route = f"/test/{uuid.uuid4().hex}"  # series of this test only
     recorder = HttpMetrics(flush_seconds=60)
+    in_progress = sample("http_requests_inprogress", method="GET")
     for seconds, status in ((0.003, 200), (0.02, 200), (20.0, 503)):
         recorder.started("GET")
         recorder.finished(
@@ -51,10 +52,8 @@ async def test_batched_http_metrics_add_up_when_flushed() -> None:
             request_bytes=10,
             response_bytes=100,
         )
-    recorder.started("GET")  # still in flight at the flush
-    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 0
+    recorder.started("GET")  # still in flight
 
-    recorder.flush()
     assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 2
     assert sample("http_requests_total", handler=route, method="GET", status="5xx") == 1
     duration = "http_request_duration_seconds_bucket"
@@ -68,21 +67,26 @@ async def test_batched_http_metrics_add_up_when_flushed() -> None:
     assert sample("http_request_size_bytes_count", handler=route) == 3
     assert sample("http_request_size_bytes_sum", handler=route) == 30
     assert sample("http_response_size_bytes_sum", handler=route) == 300
-    assert sample("http_requests_inprogress", method="GET") == 1
+    assert sample("http_requests_inprogress", method="GET") == in_progress + 1
+    recorder.finished("GET", route, 200, 0.01, 0, 0)
+    assert sample("http_requests_inprogress", method="GET") == in_progress
+    recorder.flush()  # samples gauges only: writes no request twice
+    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 3
 
 
-async def test_batched_http_metrics_flush_by_themselves() -> None:
-    route = f"/test/{uuid.uuid4().hex}"
+async def test_gauges_are_sampled_by_themselves_while_requests_come_in() -> None:
     recorder = HttpMetrics(flush_seconds=0.05)
+    samples: list[None] = []
+    recorder.sample_on_flush(lambda: samples.append(None))
     recorder.started("GET")
-    recorder.finished(
-        method="GET", route=route, status=200, seconds=0.01, request_bytes=0, response_bytes=2
-    )
-    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 0
+    assert samples == []
     await asyncio.sleep(0.3)
-    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 1
-    recorder.flush()  # nothing pending: writes nothing twice
-    assert sample("http_requests_total", handler=route, method="GET", status="2xx") == 1
+    assert len(samples) == 1
+    recorder.finished("GET", "/test/sampled", 200, 0.01, 0, 2)
+    await asyncio.sleep(0.3)
+    assert len(samples) == 2
+    await asyncio.sleep(0.2)  # no requests: no more samples
+    assert len(samples) == 2
 
 
 async def traced_requests(

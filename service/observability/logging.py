@@ -263,62 +263,29 @@ class _NamedWriteLoggerFactory:
 
 _json_output: _JsonOutput | None = None
 _access_logger = structlog.get_logger("glasshouse.access")
-# structlog's registry of its context variables, one per key ever bound (request_id, user_id):
-# the request path reads and clears these few instead of scanning the whole context.
-_STRUCTLOG_VARS = structlog.contextvars._CONTEXT_VARS
-_STRUCTLOG_PREFIX_LENGTH = len(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
-
-
-def bound_log_context() -> dict[str, Any]:
-    """What is bound with structlog.contextvars.bind_contextvars: get_contextvars() without
-    its scan of every variable in the context (asyncio's, OpenTelemetry's, the libraries'),
-    which it does to find its own (tests/test_observability.py checks they agree)."""
-    context = {}
-    for name, variable in _STRUCTLOG_VARS.items():
-        value = variable.get()
-        if value is not Ellipsis:
-            context[name[_STRUCTLOG_PREFIX_LENGTH:]] = value
-    return context
-
-
-# Per structlog variable: the log key it holds and whether that key names a secret, worked
-# out once per variable instead of on every access line.
-_CONTEXT_KEYS: dict[str, tuple[str, bool]] = {}
 
 
 def redacted_log_context() -> dict[str, Any]:
-    """redact_secrets() applied to bound_log_context(), in one pass: the access line's share of
-    every request (callgrind: 5.9k instructions a request with the request and user IDs
-    bound, against 9.1k; tests/test_observability.py checks the two agree)."""
-    context: dict[str, Any] = {}
-    for name, variable in _STRUCTLOG_VARS.items():
-        value = variable.get()
-        if value is Ellipsis:
-            continue
-        known = _CONTEXT_KEYS.get(name)
-        if known is None:
-            key = name[_STRUCTLOG_PREFIX_LENGTH:]
-            known = _CONTEXT_KEYS[name] = (key, key.lower() in SENSITIVE_KEYS)
-        key, names_a_secret = known
-        context[key] = _redacted(key, value, names_a_secret)
+    """What is bound with structlog.contextvars.bind_contextvars, redacted as every other line
+    is: the access line's share of the request context."""
+    context = structlog.contextvars.get_contextvars()
+    redact_secrets(None, "", context)  # in place
     return context
 
 
 def log_context_setter(key: str) -> Callable[[Any], object]:
-    """Sets one key of the log context, as bind_contextvars(key=value) does, without its
-    per-call key formatting, registry lookup and token mapping (a key bound on every request)."""
-    name = structlog.contextvars.STRUCTLOG_KEY_PREFIX + key
-    if name not in _STRUCTLOG_VARS:
-        # structlog makes its variable; Ellipsis is what it reads as "not bound".
-        structlog.contextvars.bind_contextvars(**{key: Ellipsis})
-    return _STRUCTLOG_VARS[name].set
+    """Sets one key of the log context: bind_contextvars(key=value), for a key bound on every
+    request."""
+
+    def set_value(value: Any) -> object:
+        return structlog.contextvars.bind_contextvars(**{key: value})
+
+    return set_value
 
 
 def clear_log_context() -> None:
-    """structlog.contextvars.clear_contextvars(), reading structlog's variables only."""
-    for variable in _STRUCTLOG_VARS.values():
-        if variable.get() is not Ellipsis:
-            variable.set(Ellipsis)
+    """Unbinds everything bound with bind_contextvars (when a request ends)."""
+    structlog.contextvars.clear_contextvars()
 
 
 _ACCESS_INFO = {"event": "request", "level": "info", "logger": "glasshouse.access"}

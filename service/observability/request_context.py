@@ -4,7 +4,7 @@ metrics, its one canonical access line, the last-resort 500, and (tracing on) it
 Doing these in one layer (instead of five) keeps the per-request cost to one ``send`` wrapper,
 and the route template is read once, after routing, from what FastAPI matched. (The
 prometheus-fastapi-instrumentator middleware this replaces matched every route again before
-each request and cost 37 us a request against 8 us here: see the README's benchmark section.)
+each request: see the README's benchmark section.)
 """
 
 from __future__ import annotations
@@ -53,20 +53,18 @@ def is_probe(path: str) -> bool:
 def accepted_request_id(value: str | None) -> str:
     if value is not None and _SAFE_REQUEST_ID.match(value):
         return value
-    # 128 random bits as 32 hex digits, like uuid4().hex without the UUID object (5 us -> 1 us)
-    # and without os.urandom's system call, which also lets the span exporter's thread take the
-    # GIL mid-request. An ID to correlate by, not a secret: the PRNG (seeded from the OS, and
-    # again in every forked worker) is enough, as for OpenTelemetry's trace IDs. The same
-    # digits as f"{bits:032x}", whose format spec is parsed on every call (2.1k instructions
-    # against 3.3k, callgrind).
+    # 128 random bits as 32 hex digits, like uuid4().hex without the UUID object and without
+    # os.urandom's system call, which also lets the span exporter's thread take the GIL
+    # mid-request. An ID to correlate by, not a secret: the PRNG (seeded from the OS, and again
+    # in every forked worker) is enough, as for OpenTelemetry's trace IDs. The same digits as
+    # f"{bits:032x}", whose format spec is parsed on every call.
     return random.getrandbits(128).to_bytes(16, "big").hex()
 
 
 def outer_span_context() -> trace.SpanContext | None:
     """The valid span context a caller made current around the app (a test, an ASGI wrapper),
     if any. A server runs each request in a fresh context, where this is one lookup, not the
-    four calls of trace.get_current_span() and a property read per use (callgrind: 0.9k
-    instructions against 4k for an untraced request)."""
+    four calls of trace.get_current_span() and a property read per use."""
     context = otel_context.get_current()
     if not context:
         return None
@@ -124,7 +122,6 @@ class RequestContextMiddleware:
         self.access_log_enabled = access_log_enabled
         self.http_metrics = http_metrics
         self.server_spans = server_spans
-        # structlog.contextvars.bind_contextvars(request_id=...), without its per-call work.
         self._bind_request_id = log_context_setter("request_id")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,7 +154,7 @@ class RequestContextMiddleware:
         probe = is_probe(scope["path"])
         own_span = None
         if self.server_spans is not None and not probe:
-            own_span = self.server_spans.start(scope["method"], trace_headers)
+            own_span = self.server_spans.start(scope, trace_headers, request_id)
         # None when no trace is known: no trace IDs on the line, no traceresponse header.
         span_context: trace.SpanContext | None
         if own_span is not None:
@@ -222,9 +219,7 @@ class RequestContextMiddleware:
                 # line is handed its context.
                 try:
                     if own_span.is_recording():
-                        ServerSpans.describe(
-                            own_span, scope, route=route, status=status, request_id=request_id
-                        )
+                        ServerSpans.describe(own_span, scope["method"], route=route, status=status)
                     own_span.end()
                 finally:
                     otel_context.detach(token)

@@ -78,7 +78,7 @@ def install_outer_middleware(
 
         async def metrics_endpoint(_: Request) -> Response:
             if http_metrics is not None:
-                http_metrics.flush()  # this worker's own batch, at least, is current
+                http_metrics.flush()  # this worker's sampled gauges, at least, are current
             body = generate_latest(metrics.exposition_registry(registry_dir))
             return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -86,7 +86,7 @@ def install_outer_middleware(
 
 
 def flush_buffers(app: FastAPI) -> None:
-    """At shutdown: batched HTTP metrics and buffered access lines."""
+    """At shutdown: the last gauge samples and buffered access lines."""
     http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
     if http_metrics is not None:
         http_metrics.flush()

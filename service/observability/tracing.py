@@ -1,5 +1,7 @@
-"""OpenTelemetry traces: a TracerProvider per process (built after gunicorn forks, never shared
-across a fork), FastAPI and SQLAlchemy instrumentation, and a bounded shutdown that flushes.
+"""OpenTelemetry traces: the SDK's TracerProvider per process (built after gunicorn forks, never
+shared across a fork), a BatchSpanProcessor and the standard OTLP/HTTP exporter, server spans
+from our request middleware, SQLAlchemy spans from its instrumentation, Redis spans from the
+cache store's hook, and a bounded shutdown that flushes.
 
 Tracing is on when an OTLP endpoint is configured (the standard ``OTEL_EXPORTER_OTLP_*``
 variables) or when forced by setting; the embedded default has none, so it exports nothing and
@@ -12,11 +14,14 @@ import random
 import socket
 import threading
 import uuid
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import structlog
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.propagators.textmap import Getter
@@ -27,14 +32,13 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.util import types
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Scope
 
 from service import __version__
 from service.cache.store import RedisStore
-from service.observability.otlp import FastOtlpSpanExporter
-from service.observability.spans import FOLLOW_PARENT, LeanTracerProvider
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -47,26 +51,22 @@ def create_tracer_provider(
     and is exported synchronously."""
     if exporter is None and not settings.tracing_enabled:
         return None
-    provider = LeanTracerProvider(resource=_resource(settings), sampler=_sampler(settings))
+    provider = TracerProvider(resource=_resource(settings), sampler=_sampler(settings))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        # Endpoint, headers, timeout and compression come from the standard OTEL_* variables.
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                FastOtlpSpanExporter(timeout=settings.observability.trace_export_timeout_seconds)
-            )
-        )
+        # Endpoint, headers, TLS and compression come from the standard OTEL_* variables.
+        otlp = OTLPSpanExporter(timeout=settings.observability.trace_export_timeout_seconds)
+        provider.add_span_processor(BatchSpanProcessor(otlp))
     return provider
 
 
 def _sampler(settings: Settings) -> Sampler | None:
     if _root_ratio_sampling(settings) is None:
         return None  # the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG itself
-    # ParentBased(TraceIdRatio), with the ratio applied by ServerSpans before any span
-    # exists (see root_sample_ratio): a span the SDK would only drop costs as much as one it
-    # keeps.
-    return FOLLOW_PARENT
+    # ParentBased(TraceIdRatio), with the ratio applied by ServerSpans before any span exists
+    # (see root_sample_ratio): a request it does not trace makes no spans at all.
+    return ParentBased(ALWAYS_ON)
 
 
 def root_sample_ratio(settings: Settings) -> float:
@@ -113,62 +113,60 @@ class ServerSpans:
     layer as the request ID, metrics and the access line (one send wrapper, one scan of the
     headers, the access line handed the span's context instead of looking it up).
 
-    Written here instead of using opentelemetry-instrumentation-fastapi, which matched every
-    route again, built every attribute and wrapped the app in two more layers even for requests
-    it would not sample: it cost 86 us a request at 10% sampling and 140 us at 100%, against
-    12 us and 30-50 us for a middleware of our own (in-process, this machine), less again since
-    it became part of RequestContextMiddleware. Spans keep the same names
-    ("GET /api/v1/items/{item_id}") and the stable HTTP semantic-convention attributes; the
-    inbound W3C ``traceparent`` is continued through the configured propagators.
+    Ours rather than opentelemetry-instrumentation-fastapi's, which matched every route again
+    and wrapped the app in two more layers, even for requests it would not sample (see
+    bench/HISTORY.md). Spans keep its names ("GET /api/v1/items/{item_id}") and the stable HTTP
+    semantic-convention attributes; the inbound W3C ``traceparent`` is continued through the
+    configured propagators.
 
     It is also the root sampler: a request that arrives without a trace is traced with
     probability ``root_sample_ratio``, and one that is not gets no span and no trace context
-    at all. Letting the SDK's TraceIdRatioBased sampler decide instead meant creating a
-    non-recording span, attaching it, and starting a non-recording child for every SQL statement
-    and Redis command of the 90% of requests it dropped (60 us of a trivial request, 250 us of a
-    database read, in-process). The share of traces kept is the same; what is lost is a trace
-    ID on the log lines of requests whose trace is never exported anyway.
+    at all, so none of its SQL statements or Redis round trips starts a span either. The share
+    of traces kept is what the SDK's TraceIdRatioBased sampler would keep; what is lost is a
+    trace ID on the log lines of requests whose trace is never exported anyway.
     """
 
     def __init__(self, tracer: trace.Tracer, *, root_sample_ratio: float = 1.0) -> None:
         self.tracer = tracer
         self.root_sample_ratio = root_sample_ratio
 
-    def start(self, method: str, trace_headers: dict[str, str] | None) -> trace.Span | None:
+    def start(
+        self, scope: Scope, trace_headers: dict[str, str] | None, request_id: str
+    ) -> trace.Span | None:
         """The request's span, not yet current; None when the request is not traced.
         ``trace_headers``: the propagation headers it came with (PROPAGATION_HEADERS)."""
-        if trace_headers is None:
-            if random.random() >= self.root_sample_ratio:  # noqa: S311 (not crypto)
-                return None
-            parent = None
-        else:
+        parent = None
+        if trace_headers is not None:
             parent = propagate.extract(trace_headers, getter=_HEADER_GETTER)
-        return self.tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER)
-
-    @staticmethod
-    def describe(
-        span: trace.Span, scope: Scope, *, route: str | None, status: int, request_id: str
-    ) -> None:
-        """Names the span after its route and sets its attributes, once, at the end."""
-        method = scope["method"]
-        if route:
-            span.update_name(f"{method} {route}")
+        # An upstream decision (a valid traceparent) is the parent-based sampler's to follow.
+        inbound = parent is not None and trace.get_current_span(parent).get_span_context().is_valid
+        if not inbound and random.random() >= self.root_sample_ratio:  # noqa: S311 (not crypto)
+            return None
+        # What is known before the app runs is given at the start, where a sampler can see it.
         attributes: dict[str, str | int] = {
-            "http.request.method": method,
+            "http.request.method": scope["method"],
             "url.path": scope["path"],
             "url.scheme": scope.get("scheme", "http"),
             "network.protocol.version": scope.get("http_version", "1.1"),
-            "http.response.status_code": status,
+            "http.request_id": request_id,
         }
-        if route:
-            attributes["http.route"] = route
-        attributes["http.request_id"] = request_id
         if client := scope.get("client"):
             attributes["client.address"] = client[0]
         if server := scope.get("server"):
             attributes["server.address"] = server[0]
             if server[1] is not None:
                 attributes["server.port"] = server[1]
+        return self.tracer.start_span(
+            scope["method"], context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        )
+
+    @staticmethod
+    def describe(span: trace.Span, method: str, *, route: str | None, status: int) -> None:
+        """Names the span after its route and adds what the response told, at the end."""
+        attributes: dict[str, str | int] = {"http.response.status_code": status}
+        if route:
+            span.update_name(f"{method} {route}")
+            attributes["http.route"] = route
         span.set_attributes(attributes)
         if status >= 500:
             span.set_status(trace.StatusCode.ERROR)
@@ -196,13 +194,11 @@ class RedisRoundTripSpans:
     """A client span for each round trip the cache store makes to Redis, inside traced
     requests only (the store's ``round_trip`` hook).
 
-    Written here instead of using opentelemetry-instrumentation-redis, which wrapped every
-    command, formatted its arguments and built its attributes from the connection settings on
-    each call, traced or not. Measured on a cached read (in-process, this machine, against the
-    same app with no Redis spans at all), that instrumentation cost 46 us a request at 10%
-    sampling and 215 us at 100%; these spans cost 15 us and 124 us. They carry the database
-    semantic conventions (``db.system.name``, ``db.operation.name``, ``server.address``...) plus the
-    older ``db.system`` that the SQL spans carry too; the attributes are built once.
+    Ours rather than opentelemetry-instrumentation-redis, which wrapped every command and built
+    its attributes from the connection settings on each call, traced or not (see
+    bench/HISTORY.md). They carry the database semantic conventions (``db.system.name``,
+    ``db.operation.name``, ``server.address``...) plus the older ``db.system`` that the SQL
+    spans carry too; the attributes are built once.
     """
 
     def __init__(self, tracer: trace.Tracer, connection: dict[str, Any]) -> None:
@@ -265,42 +261,72 @@ def trace_redis_store(store: RedisStore, provider: TracerProvider) -> None:
     store.round_trip = RedisRoundTripSpans(tracer, connection)
 
 
-class _RecordedTracesEngineTracer(EngineTracer):
-    """SQL spans only inside a recorded trace, and no other work.
+class RecordedTracesOnly(trace.Tracer):
+    """Starts spans only inside a recorded trace; elsewhere it hands back a non-recording span
+    and the wrapped tracer is never called.
 
-    The instrumentation parses the engine URL and the statement, and enters a span context,
-    before it learns that its span will not be recorded: work spent on every statement of the
-    requests that are not traced, and a one-span trace for each statement run outside a
-    request (readiness checks, startup, migrations). ``_before_cur_exec`` returns before any
-    of that. It also counts pool connections on every checkout and checkin, for a meter this
-    service gives it as a no-op (pool gauges are ours: observability/setup.py): 10 us of
-    listeners per database request, not registered here.
+    Given to the SQLAlchemy instrumentation, whose spans would otherwise become root spans, and
+    be sampled as such, wherever no request is traced: every statement of a request the root
+    sampler skipped, and each one run outside a request (readiness checks, startup).
     """
 
-    _POOL_USAGE_EVENTS = frozenset({"connect", "close", "checkin", "checkout"})
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
 
-    @classmethod
-    def _register_event_listener(
-        cls, target: Any, identifier: str, func: Any, *args: Any, **kw: Any
-    ) -> None:
-        if identifier in cls._POOL_USAGE_EVENTS:
-            return
-        super()._register_event_listener(target, identifier, func, *args, **kw)  # type: ignore[no-untyped-call]
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent = trace.get_current_span(context)
+        if not parent.is_recording():
+            return trace.NonRecordingSpan(parent.get_span_context())
+        return self.tracer.start_span(
+            name, context, kind, attributes, links, start_time, record_exception,
+            set_status_on_exception,
+        )  # fmt: skip
 
-    def _before_cur_exec(
-        self, conn: Any, cursor: Any, statement: Any, params: Any, *rest: Any
-    ) -> Any:
-        if not trace.get_current_span().is_recording():
-            return statement, params
-        return super()._before_cur_exec(conn, cursor, statement, params, *rest)  # type: ignore[no-untyped-call]
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(
+            name, context, kind, attributes, links, start_time, record_exception,
+            set_status_on_exception,
+        )  # fmt: skip
+        with trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current
 
 
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
-    """DB spans for this engine only (the instrumentor's global patching would tie every
-    engine in the process to the first provider)."""
+    """SQL spans for this engine only, from the instrumentation's EngineTracer (what
+    ``SQLAlchemyInstrumentor().instrument(engine=...)`` builds). The instrumentor itself is
+    a process-wide singleton that also patches ``create_engine`` and ``Engine.connect``: it
+    would tie every engine the process creates later to the first provider. Its connection
+    usage meter gets a no-op: pool gauges are ours (observability/setup.py)."""
     tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
     unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
-    _RecordedTracesEngineTracer(tracer, engine.sync_engine, unused)  # type: ignore[no-untyped-call]
+    EngineTracer(RecordedTracesOnly(tracer), engine.sync_engine, unused)  # type: ignore[no-untyped-call]
 
 
 def shutdown_tracer_provider(provider: TracerProvider, timeout_seconds: float) -> None:
