@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test lint format typecheck check migrate bench bench-inprocess bench-instructions bench-parts load drills fuzz
+.PHONY: help uv install tools run test test-standard lint format typecheck check migrate bench bench-inprocess bench-instructions bench-parts load drills fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,16 @@ run: install  ## Run the service on the embedded default (SQLite, no servers nee
 test: install tools  ## Run the whole test suite (PostgreSQL on 127.0.0.1:5432 and SQLite) with coverage
 	$(RUN) pytest --cov --cov-report=term --cov-fail-under=90
 
+# What the request pipeline cannot change is left out: deployment artifacts, settings, migrations,
+# the quick start, the public-API scan, the load/fuzz/bench smokes, the conformance test (both).
+STANDARD_SKIPS := tests/deploy tests/test_bench_smoke.py tests/test_load_smoke.py \
+	tests/test_fuzz.py tests/test_migrations.py tests/test_settings.py tests/test_readme.py \
+	tests/test_public_api.py tests/test_embedded.py tests/test_server.py \
+	tests/test_instrumentation_conformance.py
+
+test-standard: install tools  ## The API, end-to-end and drill tests again, through the standard instrumentation
+	GLASSHOUSE_TEST_INSTRUMENTATION=standard $(RUN) pytest $(addprefix --ignore=,$(STANDARD_SKIPS))
+
 lint: install  ## ruff lint and format check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
@@ -35,7 +45,7 @@ format: install  ## Apply ruff's fixes and formatting
 typecheck: install  ## mypy --strict on the service
 	$(RUN) mypy --strict service
 
-check: lint typecheck test  ## Everything CI runs
+check: lint typecheck test test-standard  ## Everything CI runs
 
 migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
 	$(RUN) alembic upgrade head

@@ -23,6 +23,11 @@ _metrics_dir = Path(
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 # The app decides from this whether an in-process cache can be trusted (only in one process).
 os.environ["GLASSHOUSE_WORKER_PROCESSES"] = str(_server.workers)
+# The OpenTelemetry instrumentations (server and Redis spans of the standard instrumentation, SQL
+# spans in both) write the stable HTTP attribute names the dashboards and trace searches use only
+# when opted in; the same names in both instrumentations, whichever runs.
+if not _settings.otel.semconv_stability_opt_in:
+    os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
 # Workers inherit the master's cached settings; re-read them so they see the directory.
 get_settings.cache_clear()
 

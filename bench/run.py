@@ -1,8 +1,9 @@
 """What observability costs, measured side by side in one run.
 
-Starts the service four times under gunicorn (one worker each, PostgreSQL + Redis): with
+Starts the service five times under gunicorn (one worker each, PostgreSQL + Redis): with
 observability off, fully on exporting traces to a local OTLP sink at 100% and at 10% sampling,
-and a bare FastAPI app as the ceiling. Then, round after round, alternating the variants
+the standard wiring (the named instrumentation libraries) at 10%, and a bare FastAPI app as the
+ceiling. Then, round after round, alternating the variants
 (A B C, C B A, ...), it drives each endpoint with wrk. Each figure is the median of the
 rounds; each ratio is the median of the rounds' own ratios, whose two runs were measured
 close together in time, so that the machine's drift between rounds cancels out:
@@ -51,7 +52,7 @@ from tests.processes import (  # noqa: E402
 )
 
 WRK_SCRIPT = REPO / "bench" / "wrk" / "request.lua"
-VARIANTS = ("off", "on-100%", "on-10%")
+VARIANTS = ("off", "on-100%", "on-10%", "standard-10%")
 # Under load the span exporter sends a batch whenever 512 spans are queued; only what is left
 # when a run ends waits for this delay (the SDK's default is 5 s). Shortened so that it is sent
 # before the next variant's run, instead of costing that variant CPU.
@@ -266,6 +267,14 @@ def main() -> int:
                 "OTEL_BSP_SCHEDULE_DELAY": str(EXPORT_IDLE_DELAY_MS),
                 "GLASSHOUSE_OBSERVABILITY__TRACE_SAMPLE_RATIO": "0.1",
             },
+            # The named libraries' wiring (prometheus-fastapi-instrumentator,
+            # opentelemetry-instrumentation-fastapi and -redis), at the production sampling.
+            "standard-10%": {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": str(EXPORT_IDLE_DELAY_MS),
+                "GLASSHOUSE_OBSERVABILITY__TRACE_SAMPLE_RATIO": "0.1",
+                "GLASSHOUSE_OBSERVABILITY__INSTRUMENTATION": "standard",
+            },
         }
         targets: dict[str, Target] = {}
         for name, extra in variants.items():
@@ -371,9 +380,15 @@ def build_report(
     ratios = {f"on-10% / off ({e})": ratio(f"on-10%/{e}", f"off/{e}") for e in ENDPOINTS} | {
         f"on-100% / off ({e})": ratio(f"on-100%/{e}", f"off/{e}") for e in ENDPOINTS
     }
+    ratios |= {
+        f"standard-10% / off ({e})": ratio(f"standard-10%/{e}", f"off/{e}") for e in ENDPOINTS
+    }
+    ratios |= {
+        f"on-10% / standard-10% ({e})": ratio(f"on-10%/{e}", f"standard-10%/{e}") for e in ENDPOINTS
+    }
     # off's worker CPU per request over the variant's: the ratio requests/s would have if the
     # worker's own CPU time were all that limited it.
-    for variant in ("on-10%", "on-100%"):
+    for variant in ("on-10%", "on-100%", "standard-10%"):
         ratios |= {
             f"worker CPU, {variant} / off ({e})": ratio(
                 f"off/{e}", f"{variant}/{e}", of="worker_cpu_us"
@@ -414,8 +429,8 @@ def render(report: dict[str, Any]) -> str:
     medians = report["medians"]
     lines = [
         "",
-        f"{'endpoint':24} {'off':>9} {'on-100%':>9} {'on-10%':>9}   {'100%/off':>8} {'10%/off':>8}"
-        f"   p99 ms (off/100%/10%)",
+        f"{'endpoint':24} {'off':>9} {'on-100%':>9} {'on-10%':>9} {'std-10%':>9}"
+        f"   {'100%/off':>8} {'10%/off':>8} {'std/off':>8}   p99 ms (off/100%/10%/std)",
     ]
     for endpoint, label in ENDPOINTS.items():
         values = [medians[f"{v}/{endpoint}"] for v in VARIANTS]
@@ -424,12 +439,13 @@ def render(report: dict[str, Any]) -> str:
             + " ".join(f"{v['rps']:9.0f}" for v in values)
             + f"   {report['ratios'][f'on-100% / off ({endpoint})']:8.2f}"
             + f" {report['ratios'][f'on-10% / off ({endpoint})']:8.2f}"
+            + f" {report['ratios'][f'standard-10% / off ({endpoint})']:8.2f}"
             + "   "
             + "/".join(f"{v['p99_ms']:.1f}" for v in values)
         )
     lines.append(f"bare FastAPI ceiling     {medians['bare/a']['rps']:9.0f} rps")
     lines.append("")
-    lines.append("worker CPU per request (us), off / on-100% / on-10%:")
+    lines.append("worker CPU per request (us), off / on-100% / on-10% / standard-10%:")
     for endpoint, label in ENDPOINTS.items():
         cpu = [medians[f"{v}/{endpoint}"]["worker_cpu_us"] for v in VARIANTS]
         lines.append(f"{endpoint} {label:22} " + " ".join(f"{value:9.0f}" for value in cpu))

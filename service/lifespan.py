@@ -50,7 +50,7 @@ def make_lifespan(
         observability.observe_engine(app, engine, settings, tracer_provider)
         caches = build_caches(settings)
         caches.start()
-        observability.observe_cache(app, caches, tracer_provider)
+        observability.observe_cache(app, caches, settings, tracer_provider)
         passwords = PasswordHasher(settings.auth)
         try:
             await _wait_for_database(engine, settings)

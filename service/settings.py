@@ -274,6 +274,15 @@ class ObservabilitySettings(BaseModel):
             "tracing at once (to measure what they cost)."
         ),
     ] = True
+    instrumentation: Annotated[
+        Literal["lean", "standard"],
+        Field(
+            description="Who records the HTTP metrics, server spans and Redis spans: lean (the "
+            "service's own request middleware and cache hook) or standard "
+            "(prometheus-fastapi-instrumentator, opentelemetry-instrumentation-fastapi and "
+            "-redis). The same metric names, span names and log fields either way.",
+        ),
+    ] = "lean"
     log_format: Annotated[
         Literal["json", "console"] | None,
         Field(description="Log rendering. Unset: console in development, JSON otherwise."),
@@ -366,6 +375,14 @@ class OtelSettings(BaseSettings):
     service_name: Annotated[str | None, Field(description="Overrides service.name in traces.")] = (
         None
     )
+    semconv_stability_opt_in: Annotated[
+        str | None,
+        Field(
+            description="http: the OpenTelemetry instrumentations use the stable HTTP attribute "
+            "names (http.request.method, url.path, server.address...); gunicorn.conf.py sets it "
+            "when unset.",
+        ),
+    ] = None
     sdk_disabled: Annotated[bool, Field(description="true: no tracing at all.")] = False
 
 

@@ -22,7 +22,14 @@ from service.db.migrate import upgrade_to_head
 from service.db.models import Base
 from service.lifespan import AppState
 from service.main import create_app
-from service.settings import AuthSettings, CacheSettings, DatabaseSettings, Environment, Settings
+from service.settings import (
+    AuthSettings,
+    CacheSettings,
+    DatabaseSettings,
+    Environment,
+    ObservabilitySettings,
+    Settings,
+)
 from service.users.models import Role, User
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -30,11 +37,24 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("GLASSHOUSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# The request pipeline the tests run through (GLASSHOUSE_OBSERVABILITY__INSTRUMENTATION): CI runs
+# the API and end-to-end tests once more with "standard".
+TEST_INSTRUMENTATION = os.environ.get("GLASSHOUSE_TEST_INSTRUMENTATION", "lean")
+if TEST_INSTRUMENTATION not in {"lean", "standard"}:
+    raise ValueError(f"GLASSHOUSE_TEST_INSTRUMENTATION={TEST_INSTRUMENTATION!r}: lean or standard")
+STANDARD = TEST_INSTRUMENTATION == "standard"
 
 # Settings come from the tests alone, never from the developer's shell or .env file.
+# GLASSHOUSE_TEST_* are the tests' own, kept for their subprocesses.
 for _name in list(os.environ):
-    if _name.startswith(("GLASSHOUSE_", "OTEL_")) or _name in {"DATABASE_URL", "REDIS_URL"}:
+    service_setting = _name.startswith(("GLASSHOUSE_", "OTEL_")) or _name in {
+        "DATABASE_URL",
+        "REDIS_URL",
+    }
+    if service_setting and not _name.startswith("GLASSHOUSE_TEST_"):
         del os.environ[_name]
+# As gunicorn.conf.py sets it for the service: the instrumentations' stable HTTP attributes.
+os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
 
 # Cheap hashing keeps the suite fast; the production parameters are tested where they matter.
 FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_cost_kib": 64, "argon2_parallelism": 1}
@@ -123,6 +143,9 @@ def make_settings(database_url: str, redis_url: str | None = None, **overrides: 
     """Test settings. With Redis, every call gets a key prefix of its own: nothing a test
     caches or counts can reach another test."""
     auth = overrides.pop("auth", None) or AuthSettings(**FAST_HASHING)
+    observability = overrides.pop("observability", None) or ObservabilitySettings()
+    if "instrumentation" not in observability.model_fields_set:
+        observability = observability.model_copy(update={"instrumentation": TEST_INSTRUMENTATION})
     cache = overrides.pop("cache", None) or CacheSettings()
     if cache.key_prefix == CacheSettings().key_prefix:
         cache = cache.model_copy(update={"key_prefix": f"gh-test-{uuid.uuid4().hex}"})
@@ -134,6 +157,7 @@ def make_settings(database_url: str, redis_url: str | None = None, **overrides: 
             "redis_url": redis_url,
             "auth": auth,
             "cache": cache,
+            "observability": observability,
             "auto_migrate": False,
             **overrides,
         },

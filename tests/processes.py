@@ -26,7 +26,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.conftest import _create_postgres_database, _drop_postgres_database
+from tests.conftest import (
+    TEST_INSTRUMENTATION,
+    _create_postgres_database,
+    _drop_postgres_database,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_JWT_SECRET = "end-to-end-test-secret-" + "x" * 48
@@ -265,6 +269,7 @@ def running_gunicorn(
         "GLASSHOUSE_OBSERVABILITY__METRICS_DIR": str(tmp_path / "metrics"),
         "GLASSHOUSE_SERVER__WORKERS": str(workers),
         "GLASSHOUSE_SERVER__MAX_REQUESTS": "0",
+        "GLASSHOUSE_OBSERVABILITY__INSTRUMENTATION": TEST_INSTRUMENTATION,
         **settings,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)

@@ -33,15 +33,16 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
         *("--json", str(result_file)),
     )
     assert "cached read on-10% / bare" in completed.stdout
+    assert "on-10% / standard-10% (a)" in completed.stdout
     report = json.loads(result_file.read_text())
-    for variant in ("off", "on-100%", "on-10%"):
+    for variant in ("off", "on-100%", "on-10%", "standard-10%"):
         for endpoint in "abcd":
             sample = report["medians"][f"{variant}/{endpoint}"]
             assert sample["rps"] > 0
             assert sample["errors"] == 0, (variant, endpoint, sample)
     assert report["medians"]["bare/a"]["rps"] > 0
     assert report["spans_received_by_sink"] > 0  # the "on" variants really exported traces
-    assert set(report["worker_rss_mb"]) == {"off", "on-100%", "on-10%"}
+    assert set(report["worker_rss_mb"]) == {"off", "on-100%", "on-10%", "standard-10%"}
 
 
 def test_in_process_benchmark_runs_and_reports_every_ratio() -> None:

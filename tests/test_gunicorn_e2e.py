@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import STANDARD
 from tests.processes import (
     Gunicorn,
     OtlpSink,
@@ -145,6 +146,13 @@ def test_sigterm_flushes_every_span_and_logs_name_their_trace(
         ]
         assert db_children, "a request that reads the database has DB child spans"
         assert server.attributes["http.request_id"] in request_ids
+        # The stable HTTP attribute names, whichever instrumentation made the span.
+        assert server.attributes["http.request.method"] == "GET"
+        assert server.attributes["http.route"] == server.attributes["url.path"] == "/api/v1/items"
+        assert server.attributes["http.response.status_code"] == 200
+        # The workers ran the instrumentation the tests asked for (only the library's spans
+        # name the user agent).
+        assert ("user_agent.original" in server.attributes) is STANDARD
         assert server.resource["service.name"] == "glasshouse"
         assert server.resource["deployment.environment"] == "production"
 
@@ -158,6 +166,7 @@ def test_sigterm_flushes_every_span_and_logs_name_their_trace(
         line = access[request_id]
         assert line["trace_id"] in trace_ids
         assert server_spans[line["trace_id"]].attributes["http.request_id"] == request_id
+        assert server_spans[line["trace_id"]].span_id == line["span_id"]
     # Every line the process wrote, gunicorn's and uvicorn's included, is JSON.
     non_json = [line for line in service.logs().splitlines() if not line.startswith("{")]
     assert non_json == []

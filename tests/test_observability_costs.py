@@ -30,7 +30,7 @@ from service.observability.logging import (
     write_access_line,
 )
 from service.settings import ObservabilitySettings, OtelSettings
-from tests.conftest import make_settings
+from tests.conftest import STANDARD, make_settings
 from tests.factories import API, make_account, make_item
 
 
@@ -266,7 +266,9 @@ def test_root_sampling_applies_to_parent_based_ratio_samplers_only(
     assert tracing.root_sample_ratio(settings) == root_ratio
     provider = tracing.create_tracer_provider(settings, exporter=InMemorySpanExporter())
     assert provider is not None
-    # Ours roots every trace it is handed (the middleware did the sampling); the SDK's does not.
-    assert provider.sampler.get_description().startswith("ParentBased{root:AlwaysOnSampler") != (
-        sdk_decides
-    )
+    description = provider.sampler.get_description()
+    if not STANDARD:
+        # Ours roots every trace it is handed (the middleware did the sampling); the SDK's not.
+        assert description.startswith("ParentBased{root:AlwaysOnSampler") != sdk_decides
+    elif not sdk_decides:  # the standard instrumentation: the SDK's ratio sampler, given the ratio
+        assert description.startswith(f"ParentBased{{root:TraceIdRatioBased{{{root_ratio}}}")

@@ -1,4 +1,6 @@
-"""HTTP request metrics, recorded by RequestContextMiddleware once routing has happened.
+"""HTTP request metrics, recorded by RequestContextMiddleware once routing has happened (lean
+instrumentation) or by prometheus-fastapi-instrumentator (standard, observability/standard.py),
+both through ``record``.
 
 The same metric names and labels as prometheus-fastapi-instrumentator's defaults, so its
 dashboards and queries keep working; probes and scrapes are not counted; every unknown path is
@@ -26,9 +28,30 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
+def record(
+    handler: str,
+    method: str,
+    status_class: str,
+    seconds: float,
+    request_bytes: int,
+    response_bytes: int,
+) -> None:
+    """One finished request, whichever instrumentation saw it (``method``: a ``method_label``,
+    ``status_class``: "2xx")."""
+    metrics.HTTP_REQUESTS.labels(handler, method, status_class).inc()
+    metrics.HTTP_REQUEST_DURATION.labels(handler, method).observe(seconds)
+    metrics.HTTP_REQUEST_SIZE.labels(handler).observe(request_bytes)
+    metrics.HTTP_RESPONSE_SIZE.labels(handler).observe(response_bytes)
+
+
 class HttpMetrics:
-    def __init__(self, *, flush_seconds: float) -> None:
+    """``records_requests``: False when prometheus-fastapi-instrumentator records each request
+    (the standard instrumentation, through ``record``); the middleware then still counts the
+    requests in progress, which the instrumentator cannot label by method alone."""
+
+    def __init__(self, *, flush_seconds: float, records_requests: bool = True) -> None:
         self.flush_seconds = flush_seconds
+        self.records_requests = records_requests
         self._flush_timer: asyncio.TimerHandle | None = None
         self._samplers: list[Callable[[], None]] = []
 
@@ -56,11 +79,11 @@ class HttpMetrics:
     ) -> None:
         """``method``: the label ``started`` returned."""
         metrics.HTTP_IN_PROGRESS.labels(method).dec()
-        handler = route or UNKNOWN_ROUTE
-        metrics.HTTP_REQUESTS.labels(handler, method, f"{status // 100}xx").inc()
-        metrics.HTTP_REQUEST_DURATION.labels(handler, method).observe(seconds)
-        metrics.HTTP_REQUEST_SIZE.labels(handler).observe(request_bytes)
-        metrics.HTTP_RESPONSE_SIZE.labels(handler).observe(response_bytes)
+        if self.records_requests:
+            status_class = f"{status // 100}xx"
+            record(
+                route or UNKNOWN_ROUTE, method, status_class, seconds, request_bytes, response_bytes
+            )
         if self._flush_timer is None:
             self._flush_soon()
 

@@ -4,7 +4,9 @@ metrics, its one canonical access line, the last-resort 500, and (tracing on) it
 Doing these in one layer (instead of five) keeps the per-request cost to one ``send`` wrapper,
 and the route template is read once, after routing, from what FastAPI matched. (The
 prometheus-fastapi-instrumentator middleware this replaces matched every route again before
-each request: see the README's benchmark section.)
+each request: see the README's benchmark section.) With the standard instrumentation
+(observability/standard.py) the libraries record the HTTP metrics and the server span around
+this layer, which keeps the rest.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class RouteTemplates:
     def __init__(self, app: Starlette) -> None:
         self._app = app
         self._templates: dict[int, str] | None = None
+        self._known: frozenset[str] | None = None
 
     def template(self, route: object) -> str | None:
         if route is None:
@@ -91,6 +94,14 @@ class RouteTemplates:
             self._templates = self._collect()
         found = self._templates.get(id(route))
         return found or getattr(route, "path_format", None)
+
+    def known(self) -> frozenset[str]:
+        """Every full template of the app (collected at the first request, as ``template``)."""
+        if self._known is None:
+            if self._templates is None:
+                self._templates = self._collect()
+            self._known = frozenset(self._templates.values())
+        return self._known
 
     def _collect(self) -> dict[int, str]:
         templates: dict[int, str] = {}
@@ -106,7 +117,12 @@ class RouteTemplates:
 
 class RequestContextMiddleware:
     """``server_spans``: when tracing is on, the request's server span is started and ended
-    here too, around the app; the access line carries its trace and span IDs."""
+    here too, around the app; the access line carries its trace and span IDs.
+
+    ``outer_server_span``: the server span is opentelemetry-instrumentation-fastapi's (standard
+    instrumentation), current when this runs; it is given what only this layer knows: the
+    request ID, and the client as the trusted proxies told it (the instrumentation runs outside
+    every middleware of the app, so it saw the proxy)."""
 
     def __init__(
         self,
@@ -116,12 +132,14 @@ class RequestContextMiddleware:
         access_log_enabled: bool,
         http_metrics: HttpMetrics | None,
         server_spans: ServerSpans | None = None,
+        outer_server_span: bool = False,
     ) -> None:
         self.app = app
         self.routes = routes
         self.access_log_enabled = access_log_enabled
         self.http_metrics = http_metrics
         self.server_spans = server_spans
+        self.outer_server_span = outer_server_span
         self._bind_request_id = log_context_setter("request_id")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,8 +179,11 @@ class RequestContextMiddleware:
             token = otel_context.attach(trace.set_span_in_context(own_span))
             span_context = own_span.get_span_context()
         else:
-            # Not traced here; a caller may still have made a span current (a test, a wrapper).
+            # Not traced here; a caller may have made a span current (the standard
+            # instrumentation, a test, a wrapper).
             span_context = outer_span_context()
+            if self.outer_server_span and span_context is not None:
+                _describe_outer_span(scope, request_id)
 
         # Cleared once, when the request ends (below): a server runs each request in a fresh
         # copy of its context anyway, and a caller that reuses one gets it back clean.
@@ -231,6 +252,15 @@ class RequestContextMiddleware:
             if self.access_log_enabled and (status >= 400 or not probe):
                 _log_access(scope, route, status, response_bytes, seconds, span_context)
             clear_log_context()
+
+
+def _describe_outer_span(scope: Scope, request_id: str) -> None:
+    span = trace.get_current_span()
+    if span.is_recording():
+        attributes: dict[str, str | int] = {"http.request_id": request_id}
+        if client := scope.get("client"):
+            attributes["client.address"], attributes["client.port"] = client
+        span.set_attributes(attributes)
 
 
 async def _send_internal_error(scope: Scope, send: Send, request_id: str) -> None:

@@ -19,7 +19,7 @@ from service import __version__
 from service.cache.near import NearCache
 from service.cache.setup import Caches
 from service.cache.store import RedisStore
-from service.observability import metrics, tracing
+from service.observability import metrics, standard, tracing
 from service.observability.http_metrics import HttpMetrics
 from service.observability.logging import configure_logging, flush_logs
 from service.observability.request_context import RequestContextMiddleware, RouteTemplates
@@ -45,34 +45,60 @@ def create_tracer_provider(
 ) -> TracerProvider | None:
     if not settings.observability.enabled:
         return None
-    return tracing.create_tracer_provider(settings, exporter=span_exporter)
+    provider = tracing.create_tracer_provider(settings, exporter=span_exporter)
+    if (
+        provider is not None
+        and _standard(settings)
+        and not standard.stable_http_attributes(settings)
+    ):
+        log.warning(
+            "server_spans_use_old_attribute_names",
+            hint="set OTEL_SEMCONV_STABILITY_OPT_IN=http (gunicorn.conf.py does when unset)",
+        )
+    return provider
+
+
+def _standard(settings: Settings) -> bool:
+    return settings.observability.instrumentation == "standard"
 
 
 def install_outer_middleware(
     app: FastAPI, settings: Settings, provider: TracerProvider | None
 ) -> None:
-    """Request IDs, metrics, access logs and server spans: one middleware, outermost."""
+    """Request IDs, access logs and (lean) metrics and server spans: one middleware, outermost;
+    in the standard instrumentation the libraries' middleware record the metrics and spans."""
     if not settings.observability.enabled:
         return
     http_metrics = None
     if settings.observability.metrics:
         metrics.initialize_series(version=__version__, build=BUILD)
-        http_metrics = HttpMetrics(flush_seconds=settings.observability.metrics_flush_seconds)
+        http_metrics = HttpMetrics(
+            flush_seconds=settings.observability.metrics_flush_seconds,
+            records_requests=not _standard(settings),
+        )
         # The lifespan flushes it at shutdown (flush_buffers).
         app.state.http_metrics = http_metrics
     server_spans = None
-    if provider is not None:
+    if provider is not None and not _standard(settings):
         server_spans = tracing.ServerSpans(
             tracing.tracer_for_requests(provider),
             root_sample_ratio=tracing.root_sample_ratio(settings),
         )
+    routes = RouteTemplates(app)
     app.add_middleware(
         RequestContextMiddleware,
-        routes=RouteTemplates(app),
+        routes=routes,
         access_log_enabled=settings.observability.access_log,
         http_metrics=http_metrics,
         server_spans=server_spans,
+        outer_server_span=provider is not None and _standard(settings),
     )
+    if _standard(settings):
+        if http_metrics is not None:
+            # Around the request-context layer: it sees the last-resort 500 as sent.
+            standard.instrument_http_metrics(app, routes)
+        if provider is not None:
+            standard.instrument_server_spans(app, provider)
     if settings.observability.metrics_on_api:
         registry_dir = settings.prometheus_multiproc_dir
 
@@ -103,10 +129,15 @@ def observe_engine(
         _sample_pool(engine, settings, http_metrics)
 
 
-def observe_cache(app: FastAPI, caches: Caches, provider: TracerProvider | None) -> None:
+def observe_cache(
+    app: FastAPI, caches: Caches, settings: Settings, provider: TracerProvider | None
+) -> None:
     store = caches.store.store
     if provider is not None and isinstance(store, RedisStore):
-        tracing.trace_redis_store(store, provider)
+        if _standard(settings):
+            standard.instrument_redis_client(store.client, provider)
+        else:
+            tracing.trace_redis_store(store, provider)
     near = caches.store.near
     http_metrics: HttpMetrics | None = getattr(app.state, "http_metrics", None)
     if near is not None and http_metrics is not None:

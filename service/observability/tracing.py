@@ -1,7 +1,8 @@
 """OpenTelemetry traces: the SDK's TracerProvider per process (built after gunicorn forks, never
 shared across a fork), a BatchSpanProcessor and the standard OTLP/HTTP exporter, server spans
 from our request middleware, SQLAlchemy spans from its instrumentation, Redis spans from the
-cache store's hook, and a bounded shutdown that flushes.
+cache store's hook, and a bounded shutdown that flushes. (The standard instrumentation takes
+its server and Redis spans from the official instrumentations instead: standard.py.)
 
 Tracing is on when an OTLP endpoint is configured (the standard ``OTEL_EXPORTER_OTLP_*``
 variables) or when forced by setting; the embedded default has none, so it exports nothing and
@@ -32,7 +33,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.util import types
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Scope
@@ -62,8 +63,11 @@ def create_tracer_provider(
 
 
 def _sampler(settings: Settings) -> Sampler | None:
-    if _root_ratio_sampling(settings) is None:
+    ratio = _root_ratio_sampling(settings)
+    if ratio is None:
         return None  # the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG itself
+    if settings.observability.instrumentation == "standard":
+        return ParentBased(TraceIdRatioBased(ratio))
     # ParentBased(TraceIdRatio), with the ratio applied by ServerSpans before any span exists
     # (see root_sample_ratio): a request it does not trace makes no spans at all.
     return ParentBased(ALWAYS_ON)
@@ -113,9 +117,10 @@ class ServerSpans:
     layer as the request ID, metrics and the access line (one send wrapper, one scan of the
     headers, the access line handed the span's context instead of looking it up).
 
-    Ours rather than opentelemetry-instrumentation-fastapi's, which matched every route again
-    and wrapped the app in two more layers, even for requests it would not sample (see
-    bench/HISTORY.md). Spans keep its names ("GET /api/v1/items/{item_id}") and the stable HTTP
+    Ours (the lean instrumentation) rather than opentelemetry-instrumentation-fastapi's, which
+    matched every route again and wrapped the app in two more layers, even for requests it
+    would not sample (see bench/HISTORY.md); GLASSHOUSE_OBSERVABILITY__INSTRUMENTATION=standard
+    uses that one. Spans keep its names ("GET /api/v1/items/{item_id}") and the stable HTTP
     semantic-convention attributes; the inbound W3C ``traceparent`` is continued through the
     configured propagators.
 
@@ -194,11 +199,12 @@ class RedisRoundTripSpans:
     """A client span for each round trip the cache store makes to Redis, inside traced
     requests only (the store's ``round_trip`` hook).
 
-    Ours rather than opentelemetry-instrumentation-redis, which wrapped every command and built
-    its attributes from the connection settings on each call, traced or not (see
-    bench/HISTORY.md). They carry the database semantic conventions (``db.system.name``,
-    ``db.operation.name``, ``server.address``...) plus the older ``db.system`` that the SQL
-    spans carry too; the attributes are built once.
+    Ours (the lean instrumentation; the standard one uses the library) rather than
+    opentelemetry-instrumentation-redis, which wrapped every command and built its attributes
+    from the connection settings on each call, traced or not (see bench/HISTORY.md). They
+    carry the database semantic conventions (``db.system.name``, ``db.operation.name``,
+    ``server.address``...) plus the older ``db.system`` that the SQL spans carry too; the
+    attributes are built once.
     """
 
     def __init__(self, tracer: trace.Tracer, connection: dict[str, Any]) -> None:
@@ -318,12 +324,33 @@ class RecordedTracesOnly(trace.Tracer):
             yield current
 
 
+class RecordedTracesOnlyProvider(trace.TracerProvider):
+    """Hands out RecordedTracesOnly tracers of ``provider``: for an instrumentation that takes a
+    provider, not a tracer (opentelemetry-instrumentation-redis)."""
+
+    def __init__(self, provider: trace.TracerProvider) -> None:
+        self.provider = provider
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: types.Attributes = None,
+    ) -> trace.Tracer:
+        tracer = self.provider.get_tracer(
+            instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+        )
+        return RecordedTracesOnly(tracer)
+
+
 def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
-    """SQL spans for this engine only, from the instrumentation's EngineTracer (what
-    ``SQLAlchemyInstrumentor().instrument(engine=...)`` builds). The instrumentor itself is
-    a process-wide singleton that also patches ``create_engine`` and ``Engine.connect``: it
-    would tie every engine the process creates later to the first provider. Its connection
-    usage meter gets a no-op: pool gauges are ours (observability/setup.py)."""
+    """SQL spans for this engine only, in both instrumentations, from the official
+    instrumentation's EngineTracer (what ``SQLAlchemyInstrumentor().instrument(engine=...)``
+    builds). The instrumentor itself is a process-wide singleton that also patches
+    ``create_engine`` and ``Engine.connect``: it would tie every engine the process creates
+    later to the first provider. Its connection usage meter gets a no-op: pool gauges are ours
+    (observability/setup.py)."""
     tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__)
     unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
     EngineTracer(RecordedTracesOnly(tracer), engine.sync_engine, unused)  # type: ignore[no-untyped-call]
