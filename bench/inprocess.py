@@ -187,6 +187,12 @@ def settings_for(variant: str, database_url: str, sink: str) -> Settings:
             "observability": ObservabilitySettings(trace_sample_ratio=0.1, **observability),
             "otel": otel,
         },
+        "standard-10%": {
+            "observability": ObservabilitySettings(
+                trace_sample_ratio=0.1, instrumentation="standard", **observability
+            ),
+            "otel": otel,
+        },
         # Tracing on, no request sampled: observability's fixed cost (bench/instructions.py).
         "on-0%": {
             "observability": ObservabilitySettings(trace_sample_ratio=0.0, **observability),

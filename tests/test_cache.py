@@ -5,6 +5,7 @@ import httpx
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cache.store import MemoryStore
 from service.settings import CacheSettings
 from service.users.models import Role
 from tests.conftest import Backend, RunningApp, SetRole, make_settings, running_app
@@ -199,3 +200,18 @@ async def test_cache_can_be_switched_off(backend: Backend, empty_database: Async
         for _ in range(2):
             await get_json(running.client, f"/items/{item['id']}", account)
         assert counter.delta("hit") == 0
+
+
+async def test_the_memory_store_is_a_whole_fastapi_cache2_backend() -> None:
+    """Through the library's own Backend interface, on its own entries only."""
+    store, other = MemoryStore(), MemoryStore()
+    await store.set("glasshouse:items:1:item:7", b"seven", expire=60)
+    await store.set("glasshouse:auth:1:session", b"open", expire=60)
+    ttl, value = await store.get_with_ttl("glasshouse:items:1:item:7")
+    assert value == b"seven"
+    assert 58 <= ttl <= 60
+    assert await other.get("glasshouse:items:1:item:7") is None
+    assert await store.clear(namespace="items") == 1
+    assert await store.get("glasshouse:items:1:item:7") is None
+    assert await store.clear(key="glasshouse:auth:1:session") == 1
+    assert await store.get_with_ttl("glasshouse:auth:1:session") == (0, None)

@@ -1,6 +1,8 @@
-"""Key-value stores behind the cache and the login rate limit: fastapi-cache2's Redis and
-in-memory backends, extended with the few operations this service needs in one round trip
-(read several keys, count within a window, bump a version)."""
+"""Key-value stores behind the cache and the login rate limit: fastapi-cache2 backends (its
+Redis backend, constructed as its docs show; an in-memory one of ours through its public
+``Backend`` interface), extended with the few operations this service needs in one round trip
+(read several keys, count against limits, bump a version). Keys, versions, ETags and
+invalidation are ours (service/cache/scoped.py, responses.py), not the library's."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from fastapi_cache.backends.inmemory import InMemoryBackend
 from fastapi_cache.backends.redis import RedisBackend
+from fastapi_cache.types import Backend
 from redis.asyncio import Redis
 
 # Wraps one round trip to Redis: (span name, number of commands) -> a context manager.
@@ -99,9 +101,10 @@ class _Entry:
     expires_at: float
 
 
-class MemoryStore(InMemoryBackend):
-    """fastapi-cache2's in-memory backend with a store per instance (the library's is shared
-    by every instance in the process) and sub-second expiry. Only correct in one process."""
+class MemoryStore(Backend):
+    """An in-memory fastapi-cache2 backend with a store per instance (the library's own
+    InMemoryBackend shares one store among all instances in the process) and sub-second
+    expiry. Only correct in one process."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
@@ -121,6 +124,20 @@ class MemoryStore(InMemoryBackend):
         self._entries = {
             key: entry for key, entry in self._entries.items() if entry.expires_at > now
         }
+
+    async def get_with_ttl(self, key: str) -> tuple[int, bytes | None]:
+        entry = self._live(key)
+        if entry is None:
+            return 0, None
+        return max(int(entry.expires_at - time.monotonic()), 0), entry.value
+
+    async def clear(self, namespace: str | None = None, key: str | None = None) -> int:
+        if key is not None:
+            return 1 if self._entries.pop(key, None) is not None else 0
+        doomed = [name for name in self._entries if namespace is None or namespace in name]
+        for name in doomed:
+            del self._entries[name]
+        return len(doomed)
 
     async def get(self, key: str) -> bytes | None:
         entry = self._live(key)
