@@ -8,6 +8,7 @@ import ast
 import importlib
 import inspect
 import re
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,3 +203,15 @@ def test_the_scan_finds_each_kind_of_private_use(
         "uses ._start_time",
         "uses ._attributes",
     }
+
+
+def test_dependencies_have_lower_bounds_only() -> None:
+    """uv.lock pins every version; pyproject.toml only says what is too old, so that
+    `uv lock --upgrade` reaches new releases and the tests judge them."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requirements = [
+        *project["project"]["dependencies"],
+        *(r for group in project["dependency-groups"].values() for r in group),
+    ]
+    capped = [r for r in requirements if re.search(r"<|~=|==|!=", r.split(";")[0])]
+    assert capped == []
