@@ -21,17 +21,15 @@ REFUSAL_BODY = b"Request header fields too large.\n"
 
 
 class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
-    """Two counts, checked against the limit. The parser's callbacks report the target and
-    each complete header: exact, but a header is reported only once it has all arrived. So the
-    bytes read while a head is incomplete are counted too, and that count stops the head that
-    never ends."""
+    """Two checks against the limit. The bytes read while a head is incomplete are counted, so
+    a head that never ends is stopped while it arrives; a head that arrived whole (in one read)
+    is measured from the parsed target and headers when it completes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # From the service settings: uvicorn's Config has no such field, and both ways of
         # running the service (gunicorn, `python -m service`) read the same settings.
         self.max_head_bytes = get_settings().http.max_header_bytes
-        self.head_bytes_parsed = 0
         self.head_bytes_read = 0
         self.reading_head = False
         self.reading_message = False
@@ -49,29 +47,27 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         # has reset the counts already.
         if self.chunk_is_all_head:
             self.head_bytes_read += len(data)
-        if max(self.head_bytes_read, self.head_bytes_parsed) > self.max_head_bytes:
+        if self.head_bytes_read > self.max_head_bytes:
             self.refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.reading_message = self.reading_head = True
-        self.head_bytes_parsed = self.head_bytes_read = 0
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self.head_bytes_parsed += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self.head_bytes_parsed += len(name) + len(value) + len(b": \r\n")
+        self.head_bytes_read = 0
 
     def on_headers_complete(self) -> None:
-        # The request line's method, spaces and version, and the blank line that ends the head.
+        # The target and headers as parsed (uvicorn's own url and headers), plus the request
+        # line's method, spaces and version, each header's ": " and CRLF, and the blank line.
         framing = len(self.parser.get_method()) + len(b"  HTTP/1.1\r\n\r\n")
-        too_large = self.head_bytes_parsed + framing > self.max_head_bytes
+        head_bytes = (
+            len(self.url)
+            + framing
+            + sum(len(name) + len(value) + len(b": \r\n") for name, value in self.headers)
+        )
+        too_large = head_bytes > self.max_head_bytes
         # What follows in this chunk is body, or a pipelined request: not this head's bytes.
         self.reading_head = self.chunk_is_all_head = False
-        self.head_bytes_parsed = self.head_bytes_read = 0
+        self.head_bytes_read = 0
         if self.head_refused:
             return
         if too_large:
