@@ -3,8 +3,8 @@
 Each domain keeps its own APIRouter, but the app gets their routes flat (``mount``), hottest
 first, instead of through ``include_router``: FastAPI 0.165 wraps an included router in a
 layer that is matched once to select it and again to dispatch inside it, on every request.
-Flat, a trivial request took 30 us less (in-process, this machine); the OpenAPI document is the
-same either way (tests/test_api_mount.py).
+Flat, every request skips that layer (figures in bench/HISTORY.md); the OpenAPI document is
+the same either way (tests/test_api_mount.py).
 """
 
 from fastapi import APIRouter, FastAPI

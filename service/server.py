@@ -41,8 +41,7 @@ def tune_garbage_collector(young_threshold: int) -> None:
     A young collection every 700 allocations ran in the middle of most requests and promoted
     whatever they held at that moment (spans, log fields, ORM rows) to the older generations,
     which then walked them again. At 20,000 most of a request's objects are freed by reference
-    counting before any collection sees them: a cached read with observability on took 2.5%
-    fewer instructions (callgrind, 1,031k -> 1,005k per request), one with it off the same."""
+    counting before any collection sees them (measured in bench/HISTORY.md)."""
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(young_threshold, middle, oldest)

@@ -1,7 +1,7 @@
 """Copies of cache entries in the worker's own memory, kept coherent by Redis itself
 (client-side caching: ``CLIENT TRACKING ... BCAST``). A repeated read costs a dictionary lookup
-instead of a Redis round trip, which with redis-py is about 90 us of the worker's CPU (micro,
-this machine): a third of a cached item read.
+instead of a Redis round trip, a large share of a cached item read's CPU (figures in
+bench/HISTORY.md).
 
 One connection per worker subscribes to ``__redis__:invalidate`` and has Redis report every
 change under the tracked key prefixes, whoever makes it (any worker, any pod) and however

@@ -45,7 +45,7 @@ def create_redis_client(url: str, settings: Settings) -> Redis:
         # No socket timeout of redis-py's own: every call is already bounded by Cache's
         # asyncio.timeout (operation_timeout_seconds), and redis-py drops a connection whose
         # command was cancelled half-way. Its own timeout wrapped each send in asyncio.wait_for,
-        # a new task per command: 35-45 us of CPU a round trip (micro, this machine).
+        # a new task per command.
         socket_timeout=None,
         socket_connect_timeout=settings.cache.connect_timeout_seconds,
         # Retrying would multiply the wait on a sick Redis; the breaker decides instead.
