@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
+from service.cache.declared import AnswerCache
 from service.cache.scoped import UserScopedCache
 from service.cache.setup import Caches
 from service.lifespan import AppState
@@ -39,40 +40,13 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with _session_of(state_of(request)["sessionmaker"]) as session:
+    """The request's database session. A GET only reads, so its session runs in autocommit
+    (see create_read_sessionmaker): no BEGIN before its queries, no ROLLBACK after."""
+    state = state_of(request)
+    reads_only = request.method == "GET"
+    sessionmaker = state["read_sessionmaker"] if reads_only else state["sessionmaker"]
+    async with _session_of(sessionmaker) as session:
         yield session
-
-
-def read_session(request: Request) -> ReadSession:
-    """The session of a route that never writes (see create_read_sessionmaker), opened by the
-    route itself rather than as a dependency: FastAPI's machinery for a ``yield`` dependency
-    (an exit stack and a cancel scope per request) cost more than the rest of the session's
-    life."""
-    return ReadSession(state_of(request)["read_sessionmaker"])
-
-
-class ReadSession:
-    """``async with read_session(request) as session:``, then ``session()`` where the database
-    is needed. The AsyncSession is made on that first call: a cached read never makes one,
-    and making one (with the Session inside it) cost 10-17 us a request."""
-
-    __slots__ = ("_session", "_sessionmaker")
-
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self._sessionmaker = sessionmaker
-        self._session: AsyncSession | None = None
-
-    def __call__(self) -> AsyncSession:
-        if self._session is None:
-            self._session = self._sessionmaker()
-        return self._session
-
-    async def __aenter__(self) -> ReadSession:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._session is not None:
-            await _close(self._session)
 
 
 @asynccontextmanager
@@ -119,8 +93,8 @@ async def get_auth_cache(request: Request) -> UserScopedCache:
     return state_of(request)["caches"].auth
 
 
-async def get_item_cache(request: Request) -> UserScopedCache:
-    return state_of(request)["caches"].items
+async def get_answer_cache(request: Request) -> AnswerCache:
+    return state_of(request)["caches"].answers
 
 
 async def get_caches(request: Request) -> Caches:
@@ -132,6 +106,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings_from_state)]
 PasswordsDep = Annotated[PasswordHasher, Depends(get_passwords)]
 AccessTokensDep = Annotated[AccessTokenCodec, Depends(get_access_tokens)]
 AuthCacheDep = Annotated[UserScopedCache, Depends(get_auth_cache)]
-ItemCacheDep = Annotated[UserScopedCache, Depends(get_item_cache)]
+AnswerCacheDep = Annotated[AnswerCache, Depends(get_answer_cache)]
 CachesDep = Annotated[Caches, Depends(get_caches)]
 LoginLimiterDep = Annotated[LoginRateLimiter, Depends(get_login_limiter)]

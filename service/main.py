@@ -7,6 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from service import __version__, api
+from service.cache.responses import CachedAnswerHeaders
 from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
 from service.lifespan import make_lifespan
@@ -49,7 +50,9 @@ def create_app(
 
     # Middleware added later wraps what was added before. From the outside in:
     # trusted proxy (client address) -> security headers -> request context (span, ID,
-    # metrics, logs, last-resort 500) -> CORS -> body size limit -> routes.
+    # metrics, logs, last-resort 500) -> CORS -> body size limit -> cached answers' ETag and
+    # 304 -> routes.
+    app.add_middleware(CachedAnswerHeaders)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     if settings.http.cors_origins:
         app.add_middleware(

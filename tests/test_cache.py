@@ -2,9 +2,11 @@
 On PostgreSQL the cache is the real Redis; on SQLite it is the in-process store."""
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cache.declared import CacheNamespace, cached, register_answer_backend
 from service.cache.store import MemoryStore
 from service.settings import CacheSettings
 from service.users.models import Role
@@ -180,7 +182,7 @@ async def test_no_redis_and_several_workers_means_no_cache(
 ) -> None:
     settings = make_settings(backend.database_url, None, worker_processes=2)
     async with running_app(settings) as running:
-        assert not running.state["caches"].items.available
+        assert not running.state["caches"].answers.available
         account = await make_account(running.client)
         item = await make_item(running.client, account)
         counter = CacheCounter()
@@ -215,3 +217,36 @@ async def test_the_memory_store_is_a_whole_fastapi_cache2_backend() -> None:
     assert await store.get("glasshouse:items:1:item:7") is None
     assert await store.clear(key="glasshouse:auth:1:session") == 1
     assert await store.get_with_ttl("glasshouse:auth:1:session") == (0, None)
+
+
+async def test_a_hit_sends_the_bytes_the_miss_sent(client: httpx.AsyncClient) -> None:
+    """A hit is the stored JSON as it is; it must be exactly what FastAPI serialized on the
+    miss, or the ETag would change between the two."""
+    account = await make_account(client)
+    item = await make_item(client, account)
+    miss = await client.get(f"{API}/items/{item['id']}", headers=account.headers)
+    hit = await client.get(f"{API}/items/{item['id']}", headers=account.headers)
+    assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
+    assert miss.content == hit.content
+    assert miss.headers["etag"] == hit.headers["etag"]
+    # fastapi-cache2's own headers on a miss (a per-process hash ETag, max-age) never leak.
+    assert not miss.headers["etag"].startswith("W/")
+    assert miss.headers["cache-control"] == hit.headers["cache-control"] == "private, no-cache"
+
+
+def test_a_namespace_is_declared_once_with_a_plain_name() -> None:
+    with pytest.raises(ValueError, match="declared twice"):
+        CacheNamespace("items")
+    with pytest.raises(ValueError, match="lowercase"):
+        CacheNamespace("Items:all")
+
+
+async def test_a_cached_route_must_know_its_viewer() -> None:
+    register_answer_backend()
+
+    @cached(CacheNamespace("viewerless"))
+    async def anonymous() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(TypeError, match="viewer"):
+        await anonymous()

@@ -330,3 +330,99 @@ async def test_startup_probe_waits_for_migrations(tmp_path: Path) -> None:
         assert detail["checks"]["database"]["status"] == "ok"
         assert detail["checks"]["redis"]["status"] == "not_configured"
         assert detail["cache_breaker"] == "closed"
+
+
+def deferred_invalidations() -> float:
+    return REGISTRY.get_sample_value("glasshouse_cache_invalidations_deferred_total") or 0.0
+
+
+async def test_a_version_bump_does_not_wait_for_an_open_breaker(
+    redis_server: RedisServer,
+) -> None:
+    """Readers elsewhere see a write's version bump at once, even when this worker's breaker
+    was open from an earlier failure: the bump is tried, not skipped."""
+    cache = Cache(RedisStore(create_redis_client(redis_server.url, Settings())), fast_breaker())
+    cache.breaker.failed(ConnectionError("an earlier failure"))
+    cache.breaker.failed(ConnectionError("an earlier failure"))
+    cache.breaker.failed(ConnectionError("an earlier failure"))
+    assert not cache.breaker.allow()
+    try:
+        await cache.store.set_many({"gh:v:1": b"old"}, 60)  # type: ignore[union-attr]
+        await cache.bump_versions(["gh:v:1"], ttl_seconds=60, entries_ttl_seconds=30)
+        assert cache.breaker.allow()  # the bump went through, and proved Redis reachable
+        reader = Cache(
+            RedisStore(create_redis_client(redis_server.url, Settings())), CacheSettings()
+        )
+        assert await reader.get_many(["gh:v:1"]) not in (None, [b"old"], [None])
+        await reader.close()
+    finally:
+        await cache.close()
+
+
+async def test_a_version_bump_redis_missed_is_retried_until_it_lands(
+    redis_server: RedisServer,
+) -> None:
+    """Redis gone at the moment of the bump: the write stands, the failure is logged and
+    counted, this worker reads around the cache, and the bump lands once Redis is back without
+    waiting for another request."""
+    with running_proxy(redis_server.port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        cache = Cache(RedisStore(create_redis_client(url, Settings())), fast_breaker())
+        reader = Cache(
+            RedisStore(create_redis_client(redis_server.url, Settings())), CacheSettings()
+        )
+        try:
+            await cache.set_many({"gh:v:1": b"old", "gh:entry": b"old\nanswer"}, 60)
+            deferred = deferred_invalidations()
+            proxy.set_mode(ProxyMode.refuse)
+            with capture_logs() as logs:
+                await cache.bump_versions(["gh:v:1"], ttl_seconds=60, entries_ttl_seconds=30)
+            assert deferred_invalidations() == deferred + 1
+            assert any(line["event"] == "cache_invalidation_deferred" for line in logs)
+            # Owing a bump, this worker does not trust its entries.
+            assert await cache.get_many(["gh:entry", "gh:v:1"]) is None
+
+            proxy.set_mode(ProxyMode.forward)
+            deadline = time.monotonic() + 3
+            while (version := await reader.get_many(["gh:v:1"])) == [b"old"]:
+                assert time.monotonic() < deadline, "the owed bump never landed"
+                await asyncio.sleep(0.05)
+            assert version not in (None, [None])
+            assert await cache.get_many(["gh:v:1"]) == version
+        finally:
+            await cache.close()
+            await reader.close()
+
+
+class RecordingStore(RedisStore):
+    """The real store, remembering every value written."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(create_redis_client(url, Settings()))
+        self.written: list[bytes] = []
+
+    async def set_many(self, items: dict[str, bytes], ttl_seconds: int) -> None:
+        self.written.extend(items.values())
+        await super().set_many(items, ttl_seconds)
+
+
+async def test_a_bump_that_timed_out_is_never_replayed(redis_server: RedisServer) -> None:
+    """A bump whose answer came too late may still have landed; retrying it with the same
+    version could later bring back a version another write had replaced (and the entries
+    cached under it). Every attempt writes a version never used before."""
+    with running_proxy(redis_server.port) as proxy:
+        store = RecordingStore(f"redis://127.0.0.1:{proxy.port}/0")
+        cache = Cache(store, CacheSettings(operation_timeout_seconds=0.05))
+        try:
+            proxy.set_delay(0.2)  # every answer comes after the attempt has given up
+            await cache.bump_versions(["gh:v:1"], ttl_seconds=60, entries_ttl_seconds=30)
+            await asyncio.sleep(0.3)
+            proxy.set_delay(0)
+            deadline = time.monotonic() + 3
+            while await cache.get_many(["gh:v:1"]) is None:  # read around while one is owed
+                assert time.monotonic() < deadline, "the owed bump never landed"
+                await asyncio.sleep(0.05)
+            assert len(store.written) >= 3  # two attempts now, then the background
+            assert len(set(store.written)) == len(store.written)
+        finally:
+            await cache.close()

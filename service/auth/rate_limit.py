@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from service.auth.metrics import LOGIN_ATTEMPTS, RATE_LIMIT_FALLBACKS, RATE_LIMITED
 from service.cache.resilient import Cache
 from service.cache.store import MemoryStore
 from service.errors import TooManyRequestsError
-from service.observability.metrics import LOGIN_ATTEMPTS, RATE_LIMIT_FALLBACKS, RATE_LIMITED
 from service.settings import RateLimitSettings
 
 # Metric labels of the counters, in the order of LoginRateLimiter.keys().

@@ -22,8 +22,8 @@ import jwt
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
+from service.auth.metrics import PASSWORD_CHECKS_REFUSED
 from service.errors import InvalidTokenError, ServerBusyError
-from service.observability.metrics import PASSWORD_CHECKS_REFUSED
 from service.settings import AuthSettings
 
 T = TypeVar("T")

@@ -4,6 +4,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import sessions
+from service.auth.metrics import LOGIN_ATTEMPTS, SESSIONS_REVOKED, TOKENS_REFRESHED
 from service.auth.models import AuthSession
 from service.auth.rate_limit import LoginRateLimiter
 from service.auth.schemas import TokenPair
@@ -16,7 +17,6 @@ from service.errors import (
     InvalidTokenError,
     RefreshTokenReusedError,
 )
-from service.observability.metrics import LOGIN_ATTEMPTS, SESSIONS_REVOKED, TOKENS_REFRESHED
 from service.settings import AuthSettings
 from service.users.models import User
 from service.users.service import get_by_email

@@ -5,8 +5,10 @@ Degradation costs latency for a few requests per worker, not errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
@@ -14,7 +16,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from service.cache.near import NearCache
-from service.cache.store import Store
+from service.cache.store import Store, new_version
 from service.observability import cache_events
 from service.settings import CacheSettings
 
@@ -74,13 +76,23 @@ class CircuitBreaker:
             self._retry_at = time.monotonic() + self.open_seconds
 
 
+@dataclass(frozen=True, slots=True)
+class _OwedVersion:
+    ttl_seconds: int
+    deadline: float  # monotonic time after which no entry it invalidates can still exist
+
+
 class Cache:
     """Fail-open access to the store. ``None`` from a read means "unavailable": callers go to
-    the database. Version bumps that fail are kept and applied before anything else once the
-    store is back, so an invalidation is late at worst, never lost.
+    the database.
+
+    Version bumps (``bump_versions``) are what keeps every other worker and pod from serving
+    an answer a write replaced, so they never wait for the breaker: each is tried at once, then
+    retried in the background until it lands or nothing it would invalidate can still exist.
+    Meanwhile this worker reads around the cache.
 
     ``near``: copies of what was read, in this process, that Redis keeps coherent
-    (service/cache/near.py); served only while the breaker is closed."""
+    (service/cache/near.py; off unless configured); served only while the breaker is closed."""
 
     def __init__(
         self, store: Store | None, settings: CacheSettings, near: NearCache | None = None
@@ -91,7 +103,8 @@ class Cache:
         self.breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures, open_seconds=settings.breaker_open_seconds
         )
-        self._pending_writes: dict[str, bytes] = {}
+        self._owed_versions: dict[str, _OwedVersion] = {}
+        self._retrying: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
@@ -99,7 +112,8 @@ class Cache:
 
     async def get_many(self, keys: list[str]) -> list[bytes | None] | None:
         store = self.store
-        if store is None:
+        if store is None or self._owed_versions:
+            # A version bump this worker owes is not in Redis yet: its entries may be stale.
             return None
         near = self.near
         if near is None:
@@ -119,14 +133,84 @@ class Cache:
         if store is not None:
             await self._write(list(items), lambda: store.set_many(items, ttl_seconds))
 
-    async def set_versions(self, items: dict[str, bytes], ttl_seconds: int) -> None:
-        """Writes that invalidate: retried once the store is reachable again if they fail."""
+    async def bump_versions(
+        self, keys: list[str], *, ttl_seconds: int, entries_ttl_seconds: int
+    ) -> None:
+        """Gives each key a new version, invalidating entries that live at most
+        ``entries_ttl_seconds``: tried now whatever the breaker says, once more with a longer
+        wait (a busy worker can miss the first), then in the background until it lands.
+
+        Every attempt writes a version never used before: one that timed out may still land
+        later, and must not bring back a version another write has already replaced."""
         store = self.store
         if store is None:
             return
-        done = await self._write(list(items), lambda: store.set_many(items, ttl_seconds))
-        if not done:
-            self._pending_writes.update(items)
+        timeout = self.settings.operation_timeout_seconds
+        error: Exception | None = None
+        try:
+            for wait in (timeout, timeout * 3):
+                try:
+                    async with asyncio.timeout(wait):
+                        await store.set_many(dict.fromkeys(keys, new_version()), ttl_seconds)
+                except _FAILURES as failure:
+                    error = failure
+                    continue
+                self.breaker.succeeded()
+                return
+            assert error is not None
+            self.breaker.failed(error)
+            cache_events.cache_error()
+            self._defer(keys, ttl_seconds, entries_ttl_seconds, error)
+        finally:
+            self._forget_copies(keys)
+
+    def _defer(
+        self, keys: list[str], ttl_seconds: int, entries_ttl_seconds: int, error: Exception
+    ) -> None:
+        cache_events.invalidation_deferred()
+        log.warning(
+            "cache_invalidation_deferred",
+            error=type(error).__name__,
+            keys=len(keys),
+            retry_for_seconds=entries_ttl_seconds,
+        )
+        # Entries written before the commit expire by then; those written after hold new data.
+        deadline = time.monotonic() + entries_ttl_seconds
+        for key in keys:
+            self._owed_versions[key] = _OwedVersion(ttl_seconds, deadline)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(
+                self._retry_versions(), name="cache-invalidation-retry"
+            )
+
+    async def _retry_versions(self) -> None:
+        assert self.store is not None
+        interval = max(self.settings.operation_timeout_seconds, 0.05)
+        while self._owed_versions:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            expired = [key for key, owed in self._owed_versions.items() if owed.deadline <= now]
+            for key in expired:
+                del self._owed_versions[key]
+            if expired:
+                # Not needed any more: every entry these versions would invalidate has expired.
+                log.warning("cache_invalidation_dropped", keys=len(expired))
+            owed = dict(self._owed_versions)
+            if not owed:
+                return
+            try:
+                async with asyncio.timeout(self.settings.operation_timeout_seconds):
+                    await self.store.set_many(
+                        dict.fromkeys(owed, new_version()),
+                        max(version.ttl_seconds for version in owed.values()),
+                    )
+            except _FAILURES:
+                continue
+            for key, version in owed.items():
+                if self._owed_versions.get(key) is version:
+                    del self._owed_versions[key]
+            self._forget_copies(list(owed))
+            log.info("cache_invalidation_delivered", keys=len(owed))
 
     async def reserve(
         self, keys: list[str], limits: list[int], window_seconds: int
@@ -160,6 +244,10 @@ class Cache:
             self.near.start()
 
     async def close(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
         if self.near is not None:
             await self.near.close()
         if self.store is not None:
@@ -185,8 +273,6 @@ class Cache:
             return False, None
         try:
             async with asyncio.timeout(self.settings.operation_timeout_seconds):
-                if self._pending_writes:
-                    await self._flush_pending()
                 result = await operation()
         except _FAILURES as error:
             self.breaker.failed(error)
@@ -194,14 +280,3 @@ class Cache:
             return False, None
         self.breaker.succeeded()
         return True, result
-
-    async def _flush_pending(self) -> None:
-        assert self.store is not None
-        pending, self._pending_writes = self._pending_writes, {}
-        try:
-            await self.store.set_many(pending, self.settings.ttl_seconds * 2)
-        except BaseException:
-            self._pending_writes = {**pending, **self._pending_writes}
-            raise
-        finally:
-            self._forget_copies(list(pending))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.cache.resilient import Cache
-from service.cache.store import new_version
 
 _ABSENT = b"-"  # the version of a user who has not been invalidated since the key expired
 
@@ -34,27 +33,13 @@ def parse(entry: bytes | None, version: bytes | None) -> Lookup:
     return Lookup(value=None, version=version)
 
 
-async def read_pair(
-    first: UserScopedCache,
-    first_key: tuple[int, str],
-    second: UserScopedCache,
-    second_key: tuple[int, str],
-) -> tuple[Lookup, Lookup]:
-    """Two lookups in one round trip (both caches must share a store): a cached item read
-    checks the login session and fetches the item together."""
-    if first.cache is not second.cache:
-        return await first.read(*first_key), await second.read(*second_key)
-    found = await first.cache.get_many(first.keys(*first_key) + second.keys(*second_key))
-    if found is None:
-        return MISS_UNAVAILABLE, MISS_UNAVAILABLE
-    return parse(found[0], found[1]), parse(found[2], found[3])
-
-
 class UserScopedCache:
-    def __init__(self, cache: Cache, *, prefix: str, namespace: str, ttl_seconds: int) -> None:
+    """``base`` is the key prefix of this kind of entry, e.g. ``glasshouse:auth``."""
+
+    def __init__(self, cache: Cache, *, base: str, ttl_seconds: int) -> None:
         self.cache = cache
         self.ttl_seconds = ttl_seconds
-        self._base = f"{prefix}:{namespace}"
+        self._base = base
 
     @property
     def available(self) -> bool:
@@ -66,11 +51,10 @@ class UserScopedCache:
     def _entry_key(self, user_id: int, key: str) -> str:
         return f"{self._base}:{user_id}:{key}"
 
-    def keys(self, user_id: int, key: str) -> list[str]:
-        return [self._entry_key(user_id, key), self._version_key(user_id)]
-
     async def read(self, user_id: int, key: str) -> Lookup:
-        found = await self.cache.get_many(self.keys(user_id, key))
+        found = await self.cache.get_many(
+            [self._entry_key(user_id, key), self._version_key(user_id)]
+        )
         return MISS_UNAVAILABLE if found is None else parse(found[0], found[1])
 
     async def write(self, user_id: int, key: str, lookup: Lookup, value: bytes) -> None:
@@ -82,6 +66,8 @@ class UserScopedCache:
     async def invalidate(self, user_id: int) -> None:
         # The version outlives every entry written under it, so an expired version can never
         # bring an old entry back to life.
-        await self.cache.set_versions(
-            {self._version_key(user_id): new_version()}, self.ttl_seconds * 2
+        await self.cache.bump_versions(
+            [self._version_key(user_id)],
+            ttl_seconds=self.ttl_seconds * 2,
+            entries_ttl_seconds=self.ttl_seconds,
         )

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.cache.declared import AnswerCache, register_answer_backend
 from service.cache.near import NearCache, NearCacheUnsupportedError
 from service.cache.resilient import Cache
 from service.cache.scoped import UserScopedCache
@@ -23,8 +24,8 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class Caches:
     store: Cache  # also backs the login rate limit
-    auth: UserScopedCache
-    items: UserScopedCache
+    auth: UserScopedCache  # login-session checks
+    answers: AnswerCache  # the answers of routes declared @cached
 
     def start(self) -> None:
         self.store.start()
@@ -33,7 +34,7 @@ class Caches:
         """Every entry scoped to the user: for a deleted account, whose id must not hand its
         cached answers to anyone who later holds that id."""
         await self.auth.invalidate(user_id)
-        await self.items.invalidate(user_id)
+        await self.answers.invalidate_user(user_id)
 
     async def close(self) -> None:
         await self.store.close()
@@ -67,14 +68,14 @@ def _store(settings: Settings) -> Store | None:
     return None
 
 
-def _near_cache(settings: Settings, namespaces: list[str]) -> NearCache | None:
+def _near_cache(settings: Settings, prefixes: list[str]) -> NearCache | None:
     cache = settings.cache
     if not (settings.redis_url and cache.enabled and cache.near_cache):
         return None
     try:
         return NearCache(
             settings.redis_url,
-            prefixes=[f"{cache.key_prefix}:{namespace}:" for namespace in namespaces],
+            prefixes=prefixes,
             max_entries=cache.near_cache_max_entries,
             max_age_seconds=cache.near_cache_max_age_seconds,
             heartbeat_seconds=cache.near_cache_heartbeat_seconds,
@@ -87,19 +88,17 @@ def _near_cache(settings: Settings, namespaces: list[str]) -> NearCache | None:
 
 def build_caches(settings: Settings) -> Caches:
     """Call ``start()`` inside the event loop, ``close()`` at shutdown."""
-    store = Cache(_store(settings), settings.cache, near=_near_cache(settings, ["auth", "items"]))
+    register_answer_backend()
     prefix = settings.cache.key_prefix
+    auth_base, answers_base = f"{prefix}:auth", f"{prefix}:answers"
+    near = _near_cache(settings, [f"{auth_base}:", f"{answers_base}:"])
+    store = Cache(_store(settings), settings.cache, near=near)
     # Disabling the response cache keeps the store for rate limiting.
     response_store = store if settings.cache.enabled else Cache(None, settings.cache)
     return Caches(
         store=store,
         auth=UserScopedCache(
-            response_store,
-            prefix=prefix,
-            namespace="auth",
-            ttl_seconds=settings.cache.auth_ttl_seconds,
+            response_store, base=auth_base, ttl_seconds=settings.cache.auth_ttl_seconds
         ),
-        items=UserScopedCache(
-            response_store, prefix=prefix, namespace="items", ttl_seconds=settings.cache.ttl_seconds
-        ),
+        answers=AnswerCache(response_store, prefix=prefix, ttl_seconds=settings.cache.ttl_seconds),
     )

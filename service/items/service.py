@@ -9,14 +9,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import UnaryExpression
 
 from service.auth.principal import Principal
-from service.cache.scoped import UserScopedCache
+from service.cache.declared import AnswerCache, CacheNamespace
 from service.errors import NotFoundError
+from service.items.metrics import ITEMS_CREATED, ITEMS_DELETED
 from service.items.models import Item, ItemStatus
 from service.items.schemas import ItemCreate, ItemSort, ItemUpdate
-from service.observability.metrics import ITEMS_CREATED, ITEMS_DELETED
 from service.schemas import PageParams
 
 log = structlog.get_logger(__name__)
+
+# The item routes' cached answers, per owner: every write below invalidates its owner's.
+ITEMS_CACHE = CacheNamespace("items")
 
 _Query = TypeVar("_Query", bound=Select[Any])
 
@@ -39,13 +42,13 @@ class ItemFilters:
 
 
 async def create_item(
-    *, session: AsyncSession, cache: UserScopedCache, owner: Principal, data: ItemCreate
+    *, session: AsyncSession, cache: AnswerCache, owner: Principal, data: ItemCreate
 ) -> Item:
     item = Item(owner_id=owner.id, **data.model_dump())
     session.add(item)
     await session.commit()
     # After the commit: a reader that sees the new version also sees the new row.
-    await cache.invalidate(owner.id)
+    await cache.invalidate(ITEMS_CACHE, owner.id)
     log.info("item_created", item_id=item.id, owner_id=owner.id)
     ITEMS_CREATED.inc()
     return item
@@ -78,20 +81,20 @@ async def list_items(
 
 
 async def update_item(
-    *, session: AsyncSession, cache: UserScopedCache, item: Item, data: ItemUpdate
+    *, session: AsyncSession, cache: AnswerCache, item: Item, data: ItemUpdate
 ) -> Item:
     for field, value in data.model_dump(exclude_unset=True).items():
         setattr(item, field, value)
     await session.commit()
-    await cache.invalidate(item.owner_id)
+    await cache.invalidate(ITEMS_CACHE, item.owner_id)
     log.info("item_updated", item_id=item.id)
     return item
 
 
-async def delete_item(*, session: AsyncSession, cache: UserScopedCache, item: Item) -> None:
+async def delete_item(*, session: AsyncSession, cache: AnswerCache, item: Item) -> None:
     await session.delete(item)
     await session.commit()
-    await cache.invalidate(item.owner_id)
+    await cache.invalidate(ITEMS_CACHE, item.owner_id)
     log.info("item_deleted", item_id=item.id)
     ITEMS_DELETED.inc()
 

@@ -30,3 +30,7 @@ def cache_error() -> None:
 
 def cache_available(available: bool) -> None:
     metrics.CACHE_AVAILABLE.set(1 if available else 0)
+
+
+def invalidation_deferred() -> None:
+    metrics.CACHE_INVALIDATIONS_DEFERRED.inc()

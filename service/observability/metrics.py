@@ -1,4 +1,5 @@
-"""Every metric the service exports is declared here, and nowhere else.
+"""The service's own metrics: HTTP, cache, database pool, build. Each domain declares its
+business metrics beside it (``service/<domain>/metrics.py``).
 
 Names follow Prometheus conventions (``_total``, ``_seconds``, ``_bytes``); labels are bounded:
 route templates (never raw paths or IDs), methods, status classes, fixed outcome sets. Under
@@ -38,21 +39,6 @@ HTTP_IN_PROGRESS = Gauge(
     multiprocess_mode="livesum",
 )
 
-# --- Domain -----------------------------------------------------------------------------------
-LOGIN_OUTCOMES = ("success", "invalid_credentials", "inactive", "rate_limited")
-LOGIN_ATTEMPTS = Counter(
-    "glasshouse_login_attempts_total", "Login attempts by outcome.", ["outcome"]
-)
-TOKENS_REFRESHED = Counter("glasshouse_tokens_refreshed_total", "Refresh-token rotations.")
-REVOCATION_REASONS = ("logout", "refresh_reuse", "password_changed", "deactivated")
-SESSIONS_REVOKED = Counter(
-    "glasshouse_sessions_revoked_total",
-    "Login sessions revoked (their access and refresh tokens with them), by reason.",
-    ["reason"],
-)
-ITEMS_CREATED = Counter("glasshouse_items_created_total", "Items created.")
-ITEMS_DELETED = Counter("glasshouse_items_deleted_total", "Items deleted.")
-
 # --- Resources --------------------------------------------------------------------------------
 DB_POOL_CONNECTIONS = Gauge(
     "glasshouse_db_pool_connections",
@@ -72,6 +58,11 @@ CACHE_AVAILABLE = Gauge(
     "1 while the cache answers; 0 while a worker's circuit breaker skips it (lowest worker).",
     multiprocess_mode="livemin",
 )
+CACHE_INVALIDATIONS_DEFERRED = Counter(
+    "glasshouse_cache_invalidations_deferred_total",
+    "Version bumps after a write that Redis did not take at once (retried in the background; "
+    "until one lands, other workers may serve the answer it replaced).",
+)
 # Tallied by the near cache (service/cache/near.py) and added at each metrics flush.
 CACHE_NEAR_HITS = Counter(
     "glasshouse_cache_near_hits_total",
@@ -88,18 +79,6 @@ CACHE_NEAR_RESETS = Counter(
 CACHE_NEAR_ENTRIES = Gauge(
     "glasshouse_cache_near_entries", "Copies held by the near cache.", multiprocess_mode="livesum"
 )
-RATE_LIMITED = Counter(
-    "glasshouse_rate_limited_total", "Requests refused by a rate limit, by limit.", ["limit"]
-)
-RATE_LIMITS = ("login_client", "login_account", "login_address")
-RATE_LIMIT_FALLBACKS = Counter(
-    "glasshouse_rate_limit_fallbacks_total",
-    "Login attempts counted by the worker alone because Redis was unavailable.",
-)
-PASSWORD_CHECKS_REFUSED = Counter(
-    "glasshouse_password_checks_refused_total",
-    "Password hashes and checks refused (503) because the worker was running its maximum.",
-)
 FORWARDED_FOR_REJECTED = Counter(
     "glasshouse_forwarded_for_rejected_total",
     "X-Forwarded-For values from trusted proxies that were not an IP address (ignored).",
@@ -115,14 +94,8 @@ APP_INFO = Gauge(
 def initialize_series(*, version: str, build: str) -> None:
     """Creates every fixed label combination at 0, so dashboards and alerts see a series (and
     a rate of 0) before the first event, instead of no data."""
-    for outcome in LOGIN_OUTCOMES:
-        LOGIN_ATTEMPTS.labels(outcome=outcome)
-    for reason in REVOCATION_REASONS:
-        SESSIONS_REVOKED.labels(reason=reason)
     for result in CACHE_RESULTS:
         CACHE_REQUESTS.labels(result=result)
-    for limit in RATE_LIMITS:
-        RATE_LIMITED.labels(limit=limit)
     for state in ("in_use", "overflow"):
         DB_POOL_CONNECTIONS.labels(state=state)
     APP_INFO.labels(version=version, build=build).set(1)

@@ -5,12 +5,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.metrics import SESSIONS_REVOKED
 from service.auth.security import PasswordHasher
 from service.auth.sessions import revoke_all_sessions
 from service.cache.scoped import UserScopedCache
 from service.cache.setup import Caches
 from service.errors import EmailTakenError, LastAdminError, NotFoundError, WrongPasswordError
-from service.observability.metrics import SESSIONS_REVOKED
 from service.schemas import PageParams
 from service.settings import AuthSettings
 from service.users.models import Role, User

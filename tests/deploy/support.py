@@ -295,18 +295,28 @@ _SAMPLE_SUFFIXES = {
 
 @functools.cache
 def declared_series() -> dict[str, bool]:
-    """Every sample name service/observability/metrics.py declares -> whether it only grows
-    (counters, histogram and summary series: to be read through rate() or increase())."""
+    """Every sample name the service declares (service/observability/metrics.py and each
+    domain's metrics.py) -> whether it only grows (counters, histogram and summary series: to
+    be read through rate() or increase())."""
+    import importlib
+    import pkgutil
+
     from prometheus_client.metrics import MetricWrapperBase
 
-    from service.observability import metrics
+    import service
 
+    modules = [
+        importlib.import_module(module.name)
+        for module in pkgutil.walk_packages(service.__path__, "service.")
+        if module.name.endswith(".metrics")
+    ]
     series: dict[str, bool] = {}
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            kind = value._type
-            for suffix in _SAMPLE_SUFFIXES[kind]:
-                series[value._name + suffix] = kind != "gauge"
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                for family in value.describe():  # a counter's family name has no _total
+                    for suffix in _SAMPLE_SUFFIXES[family.type]:
+                        series[family.name + suffix] = family.type != "gauge"
     return series
 
 
