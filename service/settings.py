@@ -167,10 +167,11 @@ class CacheSettings(BaseModel):
     near_cache: Annotated[
         bool,
         Field(
-            description="Keep copies of cached answers in each worker, which Redis keeps "
-            "coherent (client-side caching; Redis only)."
+            description="Opt-in: keep copies of cached answers in each worker, which Redis "
+            "keeps coherent (client-side caching; Redis only). Copies can outlive a write by "
+            "the delay of Redis's invalidation message (docs/caching.md)."
         ),
-    ] = True
+    ] = False
     near_cache_max_entries: Annotated[
         int, Field(ge=1, description="Copies kept per worker (the oldest go first).")
     ] = 10_000
@@ -182,9 +183,10 @@ class CacheSettings(BaseModel):
         Field(
             gt=0,
             description="PING interval of the invalidation connection; copies are "
-            "dropped when a PING is unanswered this long.",
+            "dropped when a PING is unanswered this long (a stalled path to Redis stops "
+            "them within two intervals).",
         ),
-    ] = 1.0
+    ] = 0.4
 
 
 class RateLimitSettings(BaseModel):
