@@ -29,7 +29,7 @@ import re
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, get_type_hints
 
 from fastapi_cache import FastAPICache
 from fastapi_cache.coder import Coder
@@ -40,7 +40,6 @@ from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth.principal import Principal
 from service.cache.resilient import Cache
 from service.cache.responses import CACHE_STATUS_HEADER, wants_fresh
 from service.cache.scoped import MISS_UNAVAILABLE, Lookup, UserScopedCache
@@ -50,6 +49,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
 DECLARED: dict[str, CacheNamespace] = {}
 
 
@@ -118,33 +119,46 @@ def cached(
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R | Response]]]:
     """The route's answers are cached in ``namespace``, per viewer (see the module's doc)."""
 
-    async def key_builder(
-        func: Callable[..., Any],
-        _namespace: str = "",
-        *,
-        request: Request | None = None,
-        response: Response | None = None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> str:
-        _current.set(None)
-        viewer = next((value for value in kwargs.values() if isinstance(value, Principal)), None)
-        if viewer is None or request is None:
-            raise TypeError(f"{func.__qualname__}: a cached route takes the viewer's Principal")
-        answers: AnswerCache = request.state.caches.answers
-        if viewer.is_admin or not answers.available:
-            return ""
-        if wants_fresh(request):
-            cache_result("bypass")
-            return ""
-        # Everything that changes the answer, and nothing else (the viewer is the key's scope).
-        query = sorted(request.query_params.multi_items())
-        identity = f"{func.__module__}.{func.__qualname__}|{request.url.path}|{query}"
-        key = hashlib.sha256(identity.encode()).hexdigest()[:32]
-        _current.set(_Answer(key, answers.entries(namespace), viewer.id))
-        return key
+    def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Response]]:
+        viewer_parameter = _viewer_parameter(func)
 
-    return cache(namespace=namespace.name, key_builder=key_builder, coder=AnswerCoder)
+        async def key_builder(
+            func: Callable[..., Any],
+            _namespace: str = "",
+            *,
+            request: Request | None = None,
+            response: Response | None = None,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> str:
+            _current.set(None)
+            viewer = kwargs[viewer_parameter]
+            assert request is not None  # the decorator always passes it
+            answers: AnswerCache = request.state.caches.answers
+            if viewer.is_admin or not answers.available:
+                return ""
+            if wants_fresh(request):
+                cache_result("bypass")
+                return ""
+            # Everything that changes the answer, and nothing else (the viewer is the scope).
+            query = sorted(request.query_params.multi_items())
+            identity = f"{func.__module__}.{func.__qualname__}|{request.url.path}|{query}"
+            key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+            _current.set(_Answer(key, answers.entries(namespace), viewer.id))
+            return key
+
+        return cache(namespace=namespace.name, key_builder=key_builder, coder=AnswerCoder)(func)
+
+    return decorate
+
+
+def _viewer_parameter(func: Callable[..., Any]) -> str:
+    """The parameter that holds who the answer is for: one whose type has ``id`` and
+    ``is_admin`` (the auth domain's ``Principal``)."""
+    for name, hint in get_type_hints(func).items():
+        if name != "return" and hasattr(hint, "is_admin") and hasattr(hint, "id"):
+            return name
+    raise TypeError(f"{func.__qualname__}: a cached route takes the viewer (CurrentPrincipal)")
 
 
 class CachedAnswer(Response):

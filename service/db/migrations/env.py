@@ -3,10 +3,13 @@ service.db.migrate when the service migrates itself."""
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
+from service.db.base import UtcDateTime
 from service.db.migrate import migration_transaction
 from service.db.models import Base
 from service.db.session import create_engine
@@ -19,6 +22,15 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 target_metadata = Base.metadata
 
 
+def render_item(kind: str, value: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    """Autogenerate writes the service's own column type with its import, so a new
+    migration runs as written."""
+    if kind == "type" and isinstance(value, UtcDateTime):
+        autogen_context.imports.add("from service.db.base import UtcDateTime")
+        return "UtcDateTime()"
+    return False
+
+
 def _run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -26,6 +38,7 @@ def _run_migrations(connection: Connection) -> None:
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()
