@@ -351,3 +351,21 @@ def near_hits(server: Gunicorn) -> float:
         if line.startswith("glasshouse_cache_near_hits_total "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+async def test_a_loss_the_heartbeat_finds_is_followed_by_a_new_connection(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The heartbeat, not the socket's reader, may be first to find the connection closed:
+    the worker must connect again all the same (it once stopped for good, without copies
+    until the process ended)."""
+    with running_redis(tmp_path) as redis_server:
+        async with live_near_cache(redis_server.url, prefix, heartbeat_seconds=0.05) as near:
+            assert near._socket is not None
+            # Only the heartbeat reads the socket from now on.
+            asyncio.get_running_loop().remove_reader(near._socket.fileno())
+            killer = Redis.from_url(redis_server.url)
+            assert await killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+            await killer.aclose()
+            await wait_until(lambda: near.resets == 1, seconds=2)
+            await wait_until(lambda: near.live, seconds=2)

@@ -228,6 +228,8 @@ class NearCache:
             if not self.live:
                 return
             self._read_messages()
+            if not self.live:  # reading found the connection closed: _lost() ran
+                return
             if self._pong_due:
                 self._lost(f"no answer to PING within {self.heartbeat_seconds} s")
                 return
