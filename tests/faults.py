@@ -1,5 +1,6 @@
 """Processes a fault test owns and may break: its own redis-server, and a TCP proxy that can
-pass traffic, refuse it, or swallow it (a hung peer). Loopback only; nothing shared is touched."""
+pass traffic, refuse it, swallow it (a hung peer) or delay it (a slow network). Loopback only;
+nothing shared is touched."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class TcpProxy:
         self.target_port = target_port
         self.port = free_port()
         self.mode = ProxyMode.forward
+        self.delay_seconds = 0.0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -110,6 +112,11 @@ class TcpProxy:
 
     def set_mode(self, mode: ProxyMode) -> None:
         self._run(self._apply(mode))
+
+    def set_delay(self, seconds: float) -> None:
+        """Forward every chunk, both ways, this long after it arrived (0: at once). Chunks
+        already waiting keep the delay they arrived under, so the order is never broken."""
+        self._run(self._apply_delay(seconds))
 
     def close(self) -> None:
         self._run(self._apply(ProxyMode.refuse))
@@ -129,6 +136,9 @@ class TcpProxy:
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _apply_delay(self, seconds: float) -> None:
+        self.delay_seconds = seconds
 
     async def _apply(self, mode: ProxyMode) -> None:
         self.mode = mode
@@ -166,15 +176,40 @@ class TcpProxy:
             self._writers.discard(end)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Reading goes on while chunks wait for their time, so a delay adds latency without
+        # limiting throughput; b"" queued last stands for the hang-up.
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        receiving = asyncio.create_task(self._receive(reader, chunks))
+        sending = asyncio.create_task(self._send(chunks, writer))
         try:
-            while data := await reader.read(65536):
-                await self._flowing.wait()  # while stalled, the other side waits forever
-                writer.write(data)
-                await writer.drain()
+            await asyncio.wait({receiving, sending}, return_when=asyncio.FIRST_EXCEPTION)
         finally:
+            for task in (receiving, sending):
+                task.cancel()
+            await asyncio.gather(receiving, sending, return_exceptions=True)
             # One side hung up: hang up on the other, as a real connection would (asyncpg's
             # close waits for the server to hang up, else for its timeout).
             writer.close()
+
+    async def _receive(
+        self, reader: asyncio.StreamReader, chunks: asyncio.Queue[tuple[float, bytes]]
+    ) -> None:
+        while data := await reader.read(65536):
+            chunks.put_nowait((time.monotonic() + self.delay_seconds, data))
+        chunks.put_nowait((time.monotonic() + self.delay_seconds, b""))
+
+    async def _send(
+        self, chunks: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            due, data = await chunks.get()
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            await self._flowing.wait()  # while stalled, the other side waits forever
+            if not data:
+                return
+            writer.write(data)
+            await writer.drain()
 
 
 @contextlib.contextmanager
