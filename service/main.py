@@ -36,7 +36,7 @@ def create_app(
         lifespan=make_lifespan(settings, lifecycle, tracer_provider),
         # Off in production unless enabled: the schema maps the whole attack surface.
         openapi_url="/openapi.json" if settings.api_docs_enabled else None,
-        # FastAPI's native OpenTelemetry (0.165) traces, counts and logs every request as soon
+        # FastAPI's native OpenTelemetry traces, counts and logs every request as soon
         # as a global provider exists (opentelemetry-instrument sets one) or
         # FASTAPI_OTEL_AUTO_CONFIGURE=true: a second server span and its sub-spans per request
         # beside the service's own (service/observability). Off, and it stops looking the

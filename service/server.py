@@ -34,9 +34,9 @@ log = structlog.get_logger(__name__)
 def tune_garbage_collector(young_threshold: int) -> None:
     """Once the worker is ready (``young_threshold``: GLASSHOUSE_SERVER__GC_YOUNG_THRESHOLD).
 
-    Everything built so far (modules, the app, its pools: ~150k objects) lives as long as the
-    worker. Frozen, the collector stops walking it on every full collection: those walks were
-    the 50-100 ms stalls at the p99 of a cached read.
+    Everything built so far (modules, the app, its pools) lives as long as the worker. Frozen,
+    the collector stops walking it on every full collection: those walks were the stalls at
+    the p99 of a cached read (bench/HISTORY.md).
 
     A young collection every 700 allocations ran in the middle of most requests and promoted
     whatever they held at that moment (spans, log fields, ORM rows) to the older generations,

@@ -165,8 +165,8 @@ class _JsonOutput:
     """The one writer of JSON lines, as configure_logging set it up: structlog's loggers, the
     standard library's handler and the access line all write through it, in order.
 
-    Access lines may wait: a write to a file or pipe per request cost the worker 10-15 us under
-    load (py-spy), and with PYTHONUNBUFFERED=1, as in the image, every write to stdout is one
+    Access lines may wait: a write to a file or pipe per request is a system call the worker
+    pays under load, and with PYTHONUNBUFFERED=1, as in the image, every write to stdout is one
     system call. So they are kept here and written together every ``flush_seconds``, at
     shutdown, and before any other line (the order holds). nginx's ``access_log ... buffer=
     flush=`` makes the same trade: a worker killed with SIGKILL loses at most that much of its
@@ -316,8 +316,8 @@ def write_access_line(
     line.update(_ACCESS_ERROR if failed else _ACCESS_INFO)
     _add_timestamp(None, "", line)
     # Not orjson's OPT_APPEND_NEWLINE: it returns each line in a 4 KiB allocation, kept while
-    # the line waits in the buffer (thousands a second under load); the middleware around a
-    # trivial app took 2.5-3 us longer a request with it.
+    # the line waits in the buffer (thousands a second under load), which made every request
+    # measurably slower (bench/HISTORY.md).
     output.write_later(orjson.dumps(line, default=str) + b"\n")
 
 

@@ -167,8 +167,8 @@ def _near_cache_sampler(near: NearCache) -> Callable[[], None]:
 def _sample_pool(engine: AsyncEngine, settings: Settings, http_metrics: HttpMetrics) -> None:
     """Pool gauges, read whenever the HTTP metrics are flushed (every second under load, and
     before an in-process scrape). Setting them on every checkout and checkin instead cost four
-    locked file writes and two event dispatches per database request: 50-65 us of an uncached
-    read in-process. A scrape reads a point in time either way."""
+    locked file writes and two event dispatches per database request, a visible share of an
+    uncached read (bench/HISTORY.md). A scrape reads a point in time either way."""
     pool: Any = engine.sync_engine.pool
     metrics.DB_POOL_SIZE.set(settings.database.pool_size + settings.database.max_overflow)
     in_use = metrics.DB_POOL_CONNECTIONS.labels(state="in_use")
