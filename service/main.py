@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from service import __version__, api
+from service import __version__, api, api_docs
 from service.cache.responses import CachedAnswerHeaders
 from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
@@ -36,6 +36,10 @@ def create_app(
         lifespan=make_lifespan(settings, lifecycle, tracer_provider),
         # Off in production unless enabled: the schema maps the whole attack surface.
         openapi_url="/openapi.json" if settings.api_docs_enabled else None,
+        # FastAPI's own pages load Swagger UI and ReDoc from a CDN: service/api_docs serves them.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         # FastAPI's native OpenTelemetry traces, counts and logs every request as soon
         # as a global provider exists (opentelemetry-instrument sets one) or
         # FASTAPI_OTEL_AUTO_CONFIGURE=true: a second server span and its sub-spans per request
@@ -47,6 +51,8 @@ def create_app(
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
     api.mount(app)
+    if app.openapi_url is not None:
+        api_docs.mount(app, openapi_url=app.openapi_url)
 
     # Middleware added later wraps what was added before. From the outside in:
     # trusted proxy (client address) -> security headers -> request context (span, ID,
