@@ -1,7 +1,7 @@
 """Production server: `gunicorn -c gunicorn.conf.py`.
 
-Every value comes from the service settings (GLASSHOUSE_* variables, see the README). The hooks
-below are what several worker processes need to keep metrics and traces correct.
+Every value comes from the service settings (GLASSHOUSE_* variables, see docs/configuration.md).
+The hooks below are what several worker processes need to keep metrics and traces correct.
 """
 
 import os

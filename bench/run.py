@@ -16,7 +16,7 @@ close together in time, so that the machine's drift between rounds cancels out:
 wrk runs on the first CPU and every measured worker on the last, so that each variant gets
 the same placement. Spans left queued when a traced run ends are sent before the next run.
 It prints a table of ratios and writes the numbers to JSON. A benchmark, not a test: it
-checks nothing, it measures. Run it with `make bench` (see the README for the latest table).
+checks nothing, it measures. Run it with `make bench` (docs/performance.md shows the latest table).
 """
 
 from __future__ import annotations

@@ -125,8 +125,9 @@ def judge_master_sigterm(drill: Drill) -> list[str]:
         problems.append(f"requests started before SIGTERM failed: {summary(failed_before)}")
     if not before:
         problems.append("no request started before SIGTERM: the drill proves nothing")
-    # The README's drain: for DRAIN_SECONDS after SIGTERM the workers keep serving (readiness
-    # answers 503 so load balancers move on). Half a second of slack for the signal's delivery.
+    # The drain (docs/operations.md): for DRAIN_SECONDS after SIGTERM the workers keep serving
+    # (readiness answers 503 so load balancers move on). Half a second of slack for the signal's
+    # delivery.
     drain = float(drill.facts.get("drain s", 0)) - 0.5
     draining = [
         r for r in drill.records if drill.fault_start <= r.started < drill.fault_start + drain

@@ -1,5 +1,5 @@
 """Fault drills under load: break what the service depends on while a load loop runs, and check
-that clients see what the README's "Failure modes" table promises.
+that clients see what the "Failure modes" table of docs/operations.md promises.
 
     uv run python loadtests/drills.py             # prints a table; exit 1 if an expectation fails
 
@@ -52,7 +52,8 @@ BASELINE_SECONDS = 2.0
 DRAIN_SECONDS = 2.0
 GRACEFUL_TIMEOUT_SECONDS = 20.0
 STARTUP_COMPLETE = "Application startup complete"
-# What the drill's service is told: the README's bounds for a database outage rest on these.
+# What the drill's service is told: the bounds docs/operations.md states for a database outage
+# rest on these.
 SERVICE_SETTINGS = {
     "GLASSHOUSE_DATABASE__CONNECT_TIMEOUT_SECONDS": "1.0",
     "GLASSHOUSE_DATABASE__POOL_TIMEOUT_SECONDS": "1.0",

@@ -1,6 +1,6 @@
-"""Prints the README's configuration table from the Settings model, so the two never drift
-(tests/test_readme.py fails when they do). Update the README in place with:
-uv run python scripts/settings_table.py --write README.md"""
+"""Prints the configuration table of docs/configuration.md from the Settings model, so the two
+never drift (tests/test_readme.py fails when they do). Update the document in place with:
+uv run python scripts/settings_table.py --write docs/configuration.md"""
 
 import re
 import sys
@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings
 from service.settings import Settings
 
 PREFIX = "GLASSHOUSE_"
+DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
@@ -59,16 +60,16 @@ def table() -> str:
 MARKERS = re.compile(r"(<!-- settings-table:.*?-->\n)(.*?)(\n<!-- /settings-table -->)", re.S)
 
 
-def write(readme: Path) -> None:
-    text = readme.read_text()
+def write(document: Path) -> None:
+    text = document.read_text()
     updated, count = MARKERS.subn(lambda m: m.group(1) + table() + m.group(3), text)
     if count != 1:
-        raise SystemExit(f"{readme}: settings-table markers not found")
-    readme.write_text(updated)
+        raise SystemExit(f"{document}: settings-table markers not found")
+    document.write_text(updated)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--write"]:
-        write(Path(sys.argv[2]))
+        write(Path(sys.argv[2]) if len(sys.argv) > 2 else DOCUMENT)
     else:
         print(table())

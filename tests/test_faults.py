@@ -25,7 +25,7 @@ from tests.factories import API, assert_problem, login, make_account, make_item
 from tests.faults import ProxyMode, RedisServer, TcpProxy, running_proxy, running_redis
 from tests.processes import migrated_postgres_database
 
-# The bound the README states for a hung Redis, per request, at the 99th percentile.
+# The bound docs/operations.md states for a hung Redis, per request, at the 99th percentile.
 HUNG_REDIS_P99_ADDED_SECONDS = 0.3
 # The bound for an unreachable database: a 503 within this time.
 DB_OUTAGE_503_SECONDS = 2.0

@@ -296,7 +296,7 @@ def write_access_line(
 ) -> None:
     """The one canonical line per request. With JSON logs it is rendered here, with the same
     fields the processor chain adds (request context, level, logger, trace IDs, timestamp,
-    redaction), in a quarter of the time the chain took on every request (see the README).
+    redaction), in a quarter of the time the chain took on every request (docs/performance.md).
     ``span_context``: the request's, whose IDs the line carries (its span has ended by now);
     None when the request has no trace."""
     output = _json_output

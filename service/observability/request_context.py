@@ -4,7 +4,7 @@ metrics, its one canonical access line, the last-resort 500, and (tracing on) it
 Doing these in one layer (instead of five) keeps the per-request cost to one ``send`` wrapper,
 and the route template is read once, after routing, from what FastAPI matched. (The
 prometheus-fastapi-instrumentator middleware this replaces matched every route again before
-each request: see the README's benchmark section.) With the standard instrumentation
+each request: see docs/performance.md.) With the standard instrumentation
 (observability/standard.py) the libraries record the HTTP metrics and the server span around
 this layer, which keeps the rest.
 """

@@ -115,7 +115,7 @@ def config_map_data(objects: list[dict[str, Any]], prefix: str) -> dict[str, str
 
 @functools.cache
 def setting_names() -> frozenset[str]:
-    """Every variable the service reads (the README's configuration table), plus the standard
+    """Every variable the service reads (the table of docs/configuration.md), plus the standard
     OpenTelemetry SDK variables, which the SDK and the OTLP exporter read themselves."""
     own = {variable for variable, _, _ in rows(Settings, "GLASSHOUSE_")}
     standard = {name for name in dir(otel_environment_variables) if name.startswith("OTEL_")}
