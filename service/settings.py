@@ -200,6 +200,14 @@ class RateLimitSettings(BaseModel):
     window_seconds: Annotated[
         int, Field(ge=1, description="Window in which failed logins are counted.")
     ] = 900
+    count_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Longest wait for Redis to count a login attempt; past it, the worker "
+            "counts it alone (each worker then allows the whole limit).",
+        ),
+    ] = 0.5
     max_failures_per_client: Annotated[
         int,
         Field(ge=1, description="Failed logins for one email from one client address."),

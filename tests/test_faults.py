@@ -426,3 +426,20 @@ async def test_a_bump_that_timed_out_is_never_replayed(redis_server: RedisServer
             assert len(set(store.written)) == len(store.written)
         finally:
             await cache.close()
+
+
+async def test_a_slow_redis_still_counts_login_attempts(redis_server: RedisServer) -> None:
+    """Counting a login attempt may wait longer than a cache read: one that falls back to a
+    worker's own tally lets every worker allow the whole limit."""
+    with running_proxy(redis_server.port) as proxy:
+        store = RedisStore(create_redis_client(f"redis://127.0.0.1:{proxy.port}/0", Settings()))
+        cache = Cache(store, CacheSettings(operation_timeout_seconds=0.1))
+        try:
+            # Connected, and the counting script loaded, before the delay.
+            await cache.reserve(["gh:warm"], [5], 60, timeout_seconds=0.5)
+            proxy.set_delay(0.1)  # a round trip of 0.2 s: past the read timeout
+            done, refusal = await cache.reserve(["gh:count"], [5], 60, timeout_seconds=0.5)
+            assert (done, refusal) == (True, None)
+            assert (await cache.get_many(["gh:entry"])) is None
+        finally:
+            await cache.close()

@@ -76,7 +76,9 @@ class LoginRateLimiter:
         refusal = await self.local.reserve(keys, self.limits, window)
         counted_in_redis = False
         if refusal is None:
-            counted_in_redis, refusal = await self.cache.reserve(keys, self.limits, window)
+            counted_in_redis, refusal = await self.cache.reserve(
+                keys, self.limits, window, timeout_seconds=self.settings.count_timeout_seconds
+            )
             if not counted_in_redis:
                 RATE_LIMIT_FALLBACKS.inc()
             elif refusal is not None:

@@ -213,14 +213,17 @@ class Cache:
             log.info("cache_invalidation_delivered", keys=len(owed))
 
     async def reserve(
-        self, keys: list[str], limits: list[int], window_seconds: int
+        self, keys: list[str], limits: list[int], window_seconds: int, *, timeout_seconds: float
     ) -> tuple[bool, tuple[int, int] | None]:
         """(done, refusal): see RedisStore.reserve; done is False when the store was skipped
-        or failed."""
+        or failed. Its own bound: a count that falls back to one worker's tally multiplies
+        the limit by the number of workers."""
         store = self.store
         if store is None:
             return False, None
-        return await self._call(lambda: store.reserve(keys, limits, window_seconds))
+        return await self._call(
+            lambda: store.reserve(keys, limits, window_seconds), timeout_seconds=timeout_seconds
+        )
 
     async def release(self, keys: list[str]) -> None:
         store = self.store
@@ -267,12 +270,14 @@ class Cache:
         if self.near is not None:
             self.near.forget(keys)
 
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+    async def _call(
+        self, operation: Callable[[], Awaitable[T]], *, timeout_seconds: float | None = None
+    ) -> tuple[bool, T | None]:
         """(done, result): done is False when the store was skipped or failed."""
         if not self.breaker.allow():
             return False, None
         try:
-            async with asyncio.timeout(self.settings.operation_timeout_seconds):
+            async with asyncio.timeout(timeout_seconds or self.settings.operation_timeout_seconds):
                 result = await operation()
         except _FAILURES as error:
             self.breaker.failed(error)
