@@ -140,7 +140,7 @@ def cached(
             if wants_fresh(request):
                 cache_result("bypass")
                 return ""
-            # Everything that changes the answer, and nothing else (the viewer is the scope).
+            # Everything in the request that can change the answer (the viewer is the scope).
             query = sorted(request.query_params.multi_items())
             identity = f"{func.__module__}.{func.__qualname__}|{request.url.path}|{query}"
             key = hashlib.sha256(identity.encode()).hexdigest()[:32]
