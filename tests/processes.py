@@ -298,3 +298,38 @@ def running_gunicorn(
                 for pid in workers_left:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+
+
+EMBEDDED_STARTUP_SECONDS = 20
+
+
+@contextmanager
+def running_embedded_service(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`python -m service` as the README runs it: no servers, no configuration (the embedded
+    SQLite default in ``workdir``), until it answers ready. Its URL and process."""
+    port = free_port()
+    env = {**base_env(), "GLASSHOUSE_HTTP__PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + EMBEDDED_STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the embedded service did not become ready")
+        yield url, process
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)

@@ -5,17 +5,13 @@ operations and the Authorize button, and every request the page made must be sam
 import json
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.processes import base_env, free_port
+from tests.processes import running_embedded_service
 
-STARTUP_TIMEOUT_SECONDS = 20
 BROWSER_TIMEOUT_SECONDS = 60
 # Loopback is always direct in Chromium; everything else goes to this port, where nothing listens.
 UNREACHABLE_PROXY = "http://127.0.0.1:9"
@@ -24,32 +20,8 @@ UNREACHABLE_PROXY = "http://127.0.0.1:9"
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m service` on its embedded SQLite default: API docs on, as in development."""
-    port = free_port()
-    env = {**base_env(), "GLASSHOUSE_HTTP__PORT": str(port)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=tmp_path_factory.mktemp("service"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the service did not become ready")
+    with running_embedded_service(tmp_path_factory.mktemp("service")) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
 
 
 def render(url: str, directory: Path) -> tuple[str, list[dict[str, str]], str]:

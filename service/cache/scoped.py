@@ -41,10 +41,6 @@ class UserScopedCache:
         self.ttl_seconds = ttl_seconds
         self._base = base
 
-    @property
-    def available(self) -> bool:
-        return self.cache.available
-
     def _version_key(self, user_id: int) -> str:
         return f"{self._base}:v:{user_id}"
 
