@@ -122,7 +122,7 @@ async def postgres_cut(stage: Stage) -> Drill:
     await asyncio.to_thread(stage.proxy.set_mode, ProxyMode.refuse)
     await asyncio.sleep(DATABASE_CUT_SECONDS / 2)
     ready = await stage.probe.get("/health/ready")
-    drill.facts["readiness during"] = str(ready.status_code)
+    drill.facts["readiness during"] = f"{ready.status_code} {ready.json().get('status')}"
     await asyncio.sleep(DATABASE_CUT_SECONDS / 2)
     await asyncio.to_thread(stage.proxy.set_mode, ProxyMode.forward)
     drill.fault_end = time.monotonic()

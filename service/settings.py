@@ -229,6 +229,13 @@ class HealthSettings(BaseModel):
     check_timeout_seconds: Annotated[
         float, Field(gt=0, description="Timeout of each readiness/startup dependency check.")
     ] = 1.0
+    readiness_requires_database: Annotated[
+        bool,
+        Field(
+            description="PostgreSQL down makes the pod not ready (off: ready, degraded). Every "
+            "pod shares it, so on it would take every pod out of the load balancer at once."
+        ),
+    ] = False
     readiness_requires_redis: Annotated[
         bool, Field(description="Redis down makes the pod not ready (off: ready, degraded).")
     ] = False

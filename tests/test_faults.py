@@ -19,7 +19,13 @@ from service.cache.resilient import Cache
 from service.cache.setup import create_redis_client
 from service.cache.store import RedisStore
 from service.items.models import Item
-from service.settings import CacheSettings, DatabaseSettings, RateLimitSettings, Settings
+from service.settings import (
+    CacheSettings,
+    DatabaseSettings,
+    HealthSettings,
+    RateLimitSettings,
+    Settings,
+)
 from tests.conftest import RunningApp, make_settings, running_app
 from tests.factories import API, assert_problem, login, make_account, make_item
 from tests.faults import ProxyMode, RedisServer, TcpProxy, running_proxy, running_redis
@@ -196,7 +202,14 @@ async def test_database_cut_gives_fast_503s_and_recovers(
         assert created.status_code in {201, 503}
         if created.status_code == 201:
             acknowledged.append(created.json()["id"])
-    assert (await client.get("/health/ready")).status_code == 503
+    # Every pod shares the database: the pods stay in the load balancer and answer for it.
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "degraded",
+        "database": "unavailable",
+        "redis": "not_configured",
+    }
     assert (await client.get("/health/live")).status_code == 200
 
     proxy.set_mode(ProxyMode.forward)
@@ -207,7 +220,7 @@ async def test_database_cut_gives_fast_503s_and_recovers(
             break
         await asyncio.sleep(0.2)
     assert response.status_code == 200, "no recovery within 5 s of the database coming back"
-    assert (await client.get("/health/ready")).status_code == 200
+    assert (await client.get("/health/ready")).json()["status"] == "ready"
     created = await client.post(f"{API}/items", json={"title": "after"}, headers=account.headers)
     assert created.status_code == 201
 
@@ -251,6 +264,29 @@ async def test_cached_reads_survive_a_database_outage(
     response = await client.get(f"{API}/items/{item['id']}", headers=account.headers)
     proxy.set_mode(ProxyMode.forward)
     assert response.status_code == 200
+
+
+async def test_readiness_can_be_made_to_require_the_database_and_redis(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    with running_proxy(5432) as database_proxy, running_proxy(redis_server.port) as redis_proxy:
+        settings = make_settings(
+            postgres_url,
+            f"redis://127.0.0.1:{redis_proxy.port}/0",
+            health=HealthSettings(readiness_requires_database=True, readiness_requires_redis=True),
+        )
+        database = settings.database.model_copy(
+            update={"url": via_proxy(postgres_url, database_proxy), "connect_timeout_seconds": 1.0}
+        )
+        async with running_app(settings.model_copy(update={"database": database})) as app:
+            assert (await app.client.get("/health/ready")).json()["status"] == "ready"
+            for proxy, down in ((database_proxy, "database"), (redis_proxy, "redis")):
+                proxy.set_mode(ProxyMode.refuse)
+                ready = await app.client.get("/health/ready")
+                proxy.set_mode(ProxyMode.forward)
+                assert ready.status_code == 503
+                assert ready.json()["status"] == "not_ready"
+                assert ready.json()[down] == "unavailable"
 
 
 async def test_failed_logins_are_limited_across_workers(

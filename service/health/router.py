@@ -2,8 +2,10 @@
 
 - liveness  /health/live: no I/O. "This process can serve." A database or Redis outage must
   not make Kubernetes restart every pod at once.
-- readiness /health/ready: the database answers (SELECT 1) and, unless draining, traffic may
-  come. Redis down leaves the pod ready but degraded (set readiness_requires_redis to change).
+- readiness /health/ready: unless draining, traffic may come. PostgreSQL and Redis are checked
+  and reported, but their outage leaves the pod ready and degraded: every pod shares them, so
+  failing readiness would turn "writes get a 503 problem, cached reads work, the metrics count
+  it" into "the load balancer has no endpoint". readiness_requires_* change that per dependency.
 - startup   /health/startup: the database is reachable and its schema is at the newest
   migration; until then liveness and readiness are not asked.
 - /health: every dependency's status and latency, for humans.
@@ -103,12 +105,15 @@ async def ready(state: StateDep, response: Response) -> Readiness:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Readiness(status="draining", database="ok", redis="ok")
     database, redis = await asyncio.gather(_check_database(state), _check_redis(state))
-    requires_redis = state["settings"].health.readiness_requires_redis
-    if database.status != "ok" or (requires_redis and redis.status == "unavailable"):
+    settings = state["settings"].health
+    required = [database] if settings.readiness_requires_database else []
+    required += [redis] if settings.readiness_requires_redis else []
+    verdict: Literal["ready", "degraded", "not_ready"] = "ready"
+    if any(check.status == "unavailable" for check in required):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        verdict: Literal["ready", "degraded", "not_ready"] = "not_ready"
-    else:
-        verdict = "degraded" if redis.status == "unavailable" else "ready"
+        verdict = "not_ready"
+    elif "unavailable" in {database.status, redis.status}:
+        verdict = "degraded"
     return Readiness(status=verdict, database=database.status, redis=redis.status)
 
 
