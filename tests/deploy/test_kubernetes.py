@@ -38,6 +38,7 @@ from tests.tools import run_tool
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 SECRET_TEMPLATE = REPO / "deploy" / "k8s" / "secret.example.yaml"
+DEBUG_POD = REPO / "deploy" / "k8s" / "debug" / "pod.yaml"
 PROBES = {"startupProbe": "/health/startup", "readinessProbe": "/health/ready"}
 PROBES["livenessProbe"] = "/health/live"
 
@@ -129,12 +130,12 @@ def test_every_object_passes_strict_kubernetes_schemas(tmp_path: Path) -> None:
         # One JSON document per line is YAML too.
         path.write_text("\n---\n".join(json.dumps(obj) for obj in standard) + "\n")
         paths.append(path)
-    result = _validate(paths)
+    result = _validate([*paths, DEBUG_POD])  # the runbook's debugging pod too
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Couldn't find schema" not in output, output
     validated = len(re.findall(r"passed for resource", output))
-    expected = sum(
+    expected = 1 + sum(
         1 for name in OVERLAYS for obj in built_objects(name) if obj["kind"] not in CUSTOM_KINDS
     )
     assert validated == expected, output
@@ -340,30 +341,59 @@ def test_downward_api_gives_the_pod_name_and_namespace(objects: list[dict[str, A
 
 def test_every_pod_is_locked_down(objects: list[dict[str, Any]]) -> None:
     for name, spec in pod_specs(objects):
-        assert spec["automountServiceAccountToken"] is False, name
-        pod = spec["securityContext"]
-        assert pod["runAsNonRoot"] is True, name
-        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
-        for container in spec["containers"] + spec.get("initContainers", []):
-            context = container["securityContext"]
-            assert context["allowPrivilegeEscalation"] is False, name
-            assert context["readOnlyRootFilesystem"] is True, name
-            assert context["capabilities"]["drop"] == ["ALL"], name
-            assert "add" not in context["capabilities"], name
-            assert context.get("privileged", False) is False, name
-            user = context.get("runAsUser", pod.get("runAsUser"))
-            assert isinstance(user, int), name
-            assert user >= 10000, name
-            assert container["resources"]["requests"], name
-            assert container["resources"]["limits"]["memory"], name
-        # /tmp is a volume wherever the root filesystem is read-only.
-        for container in spec["containers"]:
-            mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
-            assert TMP in mounts or container["name"] == "redis", name
-        volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
-        for container in spec["containers"]:
-            for mount in container.get("volumeMounts", []):
-                assert set(volumes[mount["name"]]) & {"emptyDir", "secret"}, (name, mount)
+        assert_locked_down(name, spec)
+
+
+def test_the_runbooks_debugging_pod_is_locked_down_like_the_service() -> None:
+    """The restricted Pod Security level rejects a plain `kubectl run`; this one it admits."""
+    (pod,) = yaml_documents(DEBUG_POD.read_text())
+    assert pod["kind"] == "Pod"
+    assert pod["spec"]["activeDeadlineSeconds"] <= 3600
+    assert_locked_down("Pod/glasshouse-debug", pod["spec"])
+    containers = {container["name"]: container for container in pod["spec"]["containers"]}
+    for name in ("psql", "redis"):  # they reach what the service reaches
+        (source,) = containers[name]["envFrom"]
+        assert source["secretRef"]["name"] == "glasshouse-secrets"
+
+
+def test_a_stuck_rollout_and_a_failed_migration_can_be_seen(objects: list[dict[str, Any]]) -> None:
+    """New pods wait in their startup probe for the migration Job: the window outlasts the Job's
+    deadline, the rollout's deadline outlasts the window (then Progressing turns False, which
+    GlasshouseRolloutStuck reads), and a failed Job stays long enough to read its logs."""
+    deployment = find(objects, "Deployment", "glasshouse")
+    job = find(objects, "Job", "glasshouse-migrate")
+    startup = api_container(objects)["startupProbe"]
+    startup_window = startup["periodSeconds"] * startup["failureThreshold"]
+    assert startup_window >= job["spec"]["activeDeadlineSeconds"]
+    assert deployment["spec"]["progressDeadlineSeconds"] > startup_window
+    assert job["spec"]["ttlSecondsAfterFinished"] >= 24 * 3600
+
+
+def assert_locked_down(name: str, spec: dict[str, Any]) -> None:
+    assert spec["automountServiceAccountToken"] is False, name
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True, name
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+    for container in spec["containers"] + spec.get("initContainers", []):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        assert "add" not in context["capabilities"], name
+        assert context.get("privileged", False) is False, name
+        user = context.get("runAsUser", pod.get("runAsUser"))
+        assert isinstance(user, int), name
+        assert user >= 10000, name
+        assert container["resources"]["requests"], name
+        assert container["resources"]["limits"]["memory"], name
+    # /tmp is a volume wherever the root filesystem is read-only.
+    for container in spec["containers"]:
+        mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+        assert TMP in mounts or container["name"] == "redis", name
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for container in spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            assert set(volumes[mount["name"]]) & {"emptyDir", "secret"}, (name, mount)
 
 
 def test_the_migration_job_runs_alembic_with_the_service_image(
