@@ -4,18 +4,22 @@ settings, and a small PromQL reader that finds the metrics an expression uses.""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 from opentelemetry.sdk import environment_variables as otel_environment_variables
+from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.settings_table import rows
-from service.settings import Settings
+from service.settings import ObservabilitySettings, Settings
 from tests.tools import run_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,93 +129,45 @@ def setting_names() -> frozenset[str]:
 # --- PromQL -------------------------------------------------------------------------------
 
 RATE_FUNCTIONS = frozenset({"rate", "increase", "irate"})
-_AGGREGATIONS = frozenset(
-    {"sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk"}
-    | {"quantile", "count_values", "limitk", "limit_ratio"}
-)
-_LABEL_LIST_KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
-_OPERATOR_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan"})
-_IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_NUMBER = re.compile(r"(0x[0-9a-fA-F]+|[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?)")
 
 
 @dataclass(frozen=True)
 class MetricReference:
     name: str
-    function: str | None  # the innermost function whose argument list holds the selector
+    function: str | None  # the innermost function or aggregation whose argument holds it
 
 
-def _skip_string(expr: str, i: int) -> int:
-    quote = expr[i]
-    i += 1
-    while expr[i] != quote:
-        i += 2 if expr[i] == "\\" else 1
-    return i + 1
-
-
-def _skip_bracketed(expr: str, i: int, opening: str, closing: str) -> int:
-    depth = 0
-    while True:
-        char = expr[i]
-        if char in "\"'`":
-            i = _skip_string(expr, i)
-            continue
-        if char == opening:
-            depth += 1
-        elif char == closing:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
+def parse_promql(expr: str) -> promql_parser.Expr:
+    """Prometheus' grammar (promql-parser); Grafana's variables are substituted first."""
+    return promql_parser.parse(as_promql(expr))
 
 
 def metric_references(expr: str) -> list[MetricReference]:
     """The metric selectors of a PromQL expression with the function around each, e.g.
-    ``sum by (le) (rate(a_bucket{x="y"}[5m])) / b`` gives (a_bucket, rate) and (b, None).
-    Enough PromQL for the rules and dashboards here; anything it cannot read fails loudly."""
+    ``sum by (le) (rate(a_bucket{x="y"}[5m])) / b`` gives (a_bucket, rate) and (b, None)."""
     found: list[MetricReference] = []
-    stack: list[str | None] = []
-    pending: str | None = None
-    i = 0
-    while i < len(expr):
-        char = expr[i]
-        if char.isspace() or char in "+-*/%^=!<>,":
-            i += 1
-        elif char in "\"'`":
-            i = _skip_string(expr, i)
-        elif char == "{":
-            i = _skip_bracketed(expr, i, "{", "}")
-        elif char == "[":
-            i = _skip_bracketed(expr, i, "[", "]")
-        elif char == "(":
-            stack.append(pending)
-            pending = None
-            i += 1
-        elif char == ")":
-            stack.pop()
-            i += 1
-        elif char.isdigit() or char == ".":
-            number = _NUMBER.match(expr, i)
-            assert number, f"cannot read a number at {i} of {expr!r}"
-            i = number.end()
-            # A duration after `offset` (5m) reads as a number followed by a unit.
-            while i < len(expr) and expr[i].isalpha():
-                i += 1
-        elif identifier := _IDENTIFIER.match(expr, i):
-            word = identifier.group()
-            i = identifier.end()
-            rest = expr[i:].lstrip()
-            if word in _LABEL_LIST_KEYWORDS:
-                i = _skip_bracketed(expr, expr.index("(", i), "(", ")")
-            elif word in _OPERATOR_KEYWORDS:
-                pass
-            elif word in _AGGREGATIONS or rest.startswith("("):
-                pending = word
-            else:
-                found.append(MetricReference(word, stack[-1] if stack else None))
-        else:
-            raise AssertionError(f"cannot read {char!r} at {i} of {expr!r}")
-    assert not stack, f"unbalanced parentheses in {expr!r}"
+
+    def visit(node: promql_parser.Expr, function: str | None) -> None:
+        match node:
+            case promql_parser.VectorSelector():
+                assert node.name, f"a selector without a metric name in {expr!r}"
+                found.append(MetricReference(node.name, function))
+            case promql_parser.MatrixSelector():
+                visit(node.vector_selector, function)
+            case promql_parser.Call():
+                for argument in node.args:
+                    visit(argument, node.func.name)
+            case promql_parser.AggregateExpr():
+                visit(node.expr, str(node.op))
+            case promql_parser.BinaryExpr():
+                visit(node.lhs, function)
+                visit(node.rhs, function)
+            case promql_parser.ParenExpr():
+                visit(node.expr, None)
+            case promql_parser.UnaryExpr() | promql_parser.SubqueryExpr():
+                visit(node.expr, function)
+
+    visit(parse_promql(expr), None)
     return found
 
 
@@ -284,6 +240,11 @@ EXTERNAL_SERIES = {
     "up": "Prometheus itself, one per scraped target",
     "kube_deployment_spec_replicas": "kube-state-metrics",
     "kube_deployment_status_replicas_available": "kube-state-metrics",
+    "kube_deployment_status_condition": "kube-state-metrics",
+    "kube_job_failed": "kube-state-metrics",
+    "kube_pod_container_status_waiting_reason": "kube-state-metrics",
+    "container_cpu_cfs_periods_total": "cAdvisor, through the kubelet",
+    "container_cpu_cfs_throttled_periods_total": "cAdvisor, through the kubelet",
 }
 _SAMPLE_SUFFIXES = {
     "counter": ("_total",),
@@ -385,3 +346,191 @@ def parse_dockerfile(text: str) -> list[Stage]:
 STAGES = parse_dockerfile(DOCKERFILE.read_text())
 BUILDER = next(stage for stage in STAGES if stage.name == "builder")
 RUNTIME = STAGES[-1]
+
+
+# --- Label sets -----------------------------------------------------------------------------
+
+# What the Prometheus Operator attaches to every target of a ServiceMonitor (no relabelings in
+# deploy/k8s/components/monitoring/servicemonitor.yaml add or drop any).
+TARGET_LABELS = frozenset(
+    {"job", "namespace", "pod", "instance", "service", "endpoint", "container"}
+)
+# kube-state-metrics' documented labels of the series the rules read. Its own target labels come
+# too, but kube-prometheus-stack scrapes it with honorLabels: its `namespace` is the object's.
+KUBE_STATE_METRICS_LABELS = {
+    "kube_deployment_spec_replicas": {"namespace", "deployment"},
+    "kube_deployment_status_replicas_available": {"namespace", "deployment"},
+    "kube_deployment_status_condition": {
+        "namespace",
+        "deployment",
+        "condition",
+        "status",
+        "reason",
+    },
+    "kube_job_failed": {"namespace", "job_name", "condition"},
+    "kube_job_status_failed": {"namespace", "job_name", "reason"},
+    "kube_pod_container_status_waiting_reason": {"namespace", "pod", "uid", "container", "reason"},
+}
+# cAdvisor's container series, as the kubelet's ServiceMonitor of kube-prometheus-stack gives them.
+CADVISOR_LABELS = frozenset(
+    {"namespace", "pod", "container", "id", "image", "name", "node", "metrics_path"}
+)
+# What Grafana substitutes before a query reaches Prometheus: every option of a variable is
+# matched by its "All" value; the interval macros are durations.
+_GRAFANA_INTERVALS = re.compile(
+    r"\$(__rate_interval|__interval|__range)\b|\$\{(__rate_interval|__interval|__range)\}"
+)
+_GRAFANA_VARIABLE = re.compile(r"\$\{\w+(:\w+)?\}|\$\w+")
+
+
+def as_promql(expr: str) -> str:
+    """A Grafana query as Grafana sends it with "All" selected (and 5m intervals)."""
+    return _GRAFANA_VARIABLE.sub(".*", _GRAFANA_INTERVALS.sub("5m", expr))
+
+
+async def _exposition_after_traffic() -> str:
+    """The /metrics text of an in-process app on SQLite, after the requests that create the
+    series that only exist once a request has been served (HTTP metrics by route)."""
+    # Imported here: only the label checks need the whole app, not every deployment test.
+    from tests.conftest import make_settings, running_client
+
+    with tempfile.TemporaryDirectory() as directory:
+        settings = make_settings(
+            f"sqlite+aiosqlite:///{directory}/labels.db",
+            observability=ObservabilitySettings(metrics_on_api=True),
+            auto_migrate=True,
+        )
+        async with running_client(settings) as client:
+            await client.get("/api/v1/items")  # a 401: one routed request is enough
+            response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+@functools.cache
+def _service_label_sets() -> str:
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(asyncio.run(_exposition_after_traffic())):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    missing = set(declared_series()) - set(labels)
+    assert not missing, f"no sample of {sorted(missing)}: make a request that creates them"
+    return json.dumps({name: sorted(names | TARGET_LABELS) for name, names in labels.items()})
+
+
+def series_labels() -> dict[str, frozenset[str]]:
+    """Every series the rules and dashboards may read -> the labels it carries in Prometheus:
+    the service's (from a real exposition, plus the target labels), `up`, kube-state-metrics',
+    then each recorded series (the labels its expression keeps, in the rules' order)."""
+    known = {name: frozenset(names) for name, names in json.loads(_service_label_sets()).items()}
+    known["up"] = TARGET_LABELS
+    known.update(
+        {
+            name: frozenset(names) | TARGET_LABELS
+            for name, names in KUBE_STATE_METRICS_LABELS.items()
+        }
+    )
+    known.update(
+        {
+            name: CADVISOR_LABELS | TARGET_LABELS
+            for name in EXTERNAL_SERIES
+            if name.startswith("container_")
+        }
+    )
+    for rule in recording_rules():
+        known[rule["record"]] = PromqlLabels(known).labels(parse_promql(rule["expr"]))
+    return known
+
+
+class PromqlLabels:
+    """Reads an expression with the label sets of the series it selects and reports every label
+    it names that is not there: a matcher on a series without that label, or a by/without/on/
+    ignoring/group_left list naming a label no series inside that expression carries.
+
+    Where several series meet (binary operators, `or`), their labels are pooled: it catches a
+    label nothing carries, not one that only some operands carry."""
+
+    def __init__(self, known: dict[str, frozenset[str]]) -> None:
+        self.known = known
+        self.problems: list[str] = []
+
+    def labels(self, node: promql_parser.Expr) -> frozenset[str]:
+        """The labels the result of ``node`` carries, noting problems on the way."""
+        match node:
+            case promql_parser.VectorSelector():
+                return self._selector(node)
+            case promql_parser.MatrixSelector():
+                return self._selector(node.vector_selector)
+            case promql_parser.ParenExpr() | promql_parser.UnaryExpr():
+                return self.labels(node.expr)
+            case promql_parser.SubqueryExpr():
+                return self.labels(node.expr)
+            case promql_parser.Call():
+                return self._call(node)
+            case promql_parser.AggregateExpr():
+                return self._aggregation(node)
+            case promql_parser.BinaryExpr():
+                return self._binary(node)
+        return frozenset()  # number and string literals
+
+    def _selector(self, node: promql_parser.VectorSelector) -> frozenset[str]:
+        name = node.name or ""  # metric_references refuses selectors without a name
+        labels = self.known.get(name)
+        if labels is None:
+            self.problems.append(f"{name}: no label set known for this series")
+            return frozenset()
+        for matcher in node.matchers.matchers:
+            if matcher.name not in labels:
+                self.problems.append(
+                    f"{name}{{{matcher.name}=...}}: {name} has no label {matcher.name}"
+                )
+        return labels
+
+    def _call(self, node: promql_parser.Call) -> frozenset[str]:
+        arguments = [self.labels(argument) for argument in node.args]
+        name = node.func.name
+        if name == "histogram_quantile":
+            return arguments[-1] - {"le"}
+        if name in {"label_replace", "label_join"}:  # (vector, "destination", ...)
+            return arguments[0] | {node.args[1].val}
+        return frozenset().union(*arguments)
+
+    def _aggregation(self, node: promql_parser.AggregateExpr) -> frozenset[str]:
+        carried = self.labels(node.expr)
+        if isinstance(node.param, promql_parser.StringLiteral):  # count_values("label", ...)
+            carried |= {node.param.val}
+        if node.modifier is None:
+            return frozenset()
+        names = list(node.modifier.labels)
+        without = node.modifier.type == promql_parser.AggModifierType.Without
+        missing = [name for name in names if name not in carried]
+        if missing:
+            self.problems.append(
+                f"{node.op} {'without' if without else 'by'} ({', '.join(missing)}): "
+                "not a label of any series inside"
+            )
+        return carried - set(names) if without else frozenset(names)
+
+    def _binary(self, node: promql_parser.BinaryExpr) -> frozenset[str]:
+        pooled = self.labels(node.lhs) | self.labels(node.rhs)
+        if node.modifier is None:
+            return pooled
+        lists = []
+        if (matching := node.modifier.matching) is not None:
+            on = matching.type == promql_parser.LabelModifierType.Include
+            lists.append(("on" if on else "ignoring", list(matching.labels)))
+        if node.modifier.group_labels:
+            left = node.modifier.card == promql_parser.VectorMatchCardinality.ManyToOne
+            lists.append(("group_left" if left else "group_right", node.modifier.group_labels))
+        for keyword, names in lists:
+            missing = [name for name in names if name not in pooled]
+            if missing:
+                self.problems.append(f"{keyword} ({', '.join(missing)}): no operand carries it")
+        return pooled
+
+
+def label_problems(expr: str) -> list[str]:
+    """What PromqlLabels finds in a rule or dashboard query (Grafana's variables substituted)."""
+    checker = PromqlLabels(series_labels())
+    checker.labels(parse_promql(expr))
+    return checker.problems
