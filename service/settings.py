@@ -30,10 +30,24 @@ class DatabaseSettings(BaseModel):
         str,
         Field(description="SQLAlchemy async URL. Unset: a local SQLite file (embedded default)."),
     ] = EMBEDDED_DATABASE_URL
-    pool_size: Annotated[int, Field(ge=1, le=100, description="Connections kept open.")] = 5
-    max_overflow: Annotated[
-        int, Field(ge=0, le=100, description="Extra connections opened under bursts.")
+    pool_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="Connections per worker, kept open. Requests beyond it wait for one "
+            "(up to pool_timeout_seconds): size it to the worker's concurrency.",
+        ),
     ] = 10
+    max_overflow: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100,
+            description="Extra connections under bursts, closed as soon as they are returned "
+            "(so reopened at every burst); 0 keeps the count fixed.",
+        ),
+    ] = 0
     pool_timeout_seconds: Annotated[
         float, Field(gt=0, description="Wait for a free pooled connection before failing.")
     ] = 3.0

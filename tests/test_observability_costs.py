@@ -8,6 +8,7 @@ import json
 import logging
 import tracemalloc
 import uuid
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -132,6 +133,31 @@ async def test_pool_gauges_are_sampled_when_metrics_are_flushed(
         assert sample("glasshouse_db_pool_size") == (
             settings.database.pool_size + settings.database.max_overflow
         )
+
+
+async def test_new_database_connections_are_counted_and_reused_ones_are_not(
+    database_url: str, empty_database: AsyncEngine
+) -> None:
+    settings = make_settings(database_url)
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        engine: AsyncEngine = manager._state["engine"]
+        before = sample("glasshouse_db_connections_opened_total")
+        for _ in range(3):  # one connection, checked out three times
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        after_reuse = sample("glasshouse_db_connections_opened_total")
+        idle = engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+        async with AsyncExitStack() as stack:
+            for _ in range(idle + 1):  # every idle connection, and one more
+                connection = await stack.enter_async_context(engine.connect())
+                await connection.execute(text("SELECT 1"))
+        after_one_more = sample("glasshouse_db_connections_opened_total")
+    if settings.database.is_sqlite:  # a file, not a server: not counted
+        assert after_one_more == before
+    else:
+        assert after_reuse - before <= 1  # none, or the first (the lifespan may have opened it)
+        assert after_one_more - after_reuse == 1
 
 
 async def test_unsampled_requests_make_no_spans_at_all(

@@ -46,6 +46,11 @@ DB_POOL_CONNECTIONS = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+DB_CONNECTIONS_OPENED = Counter(
+    "glasshouse_db_connections_opened_total",
+    "New connections to the database. Steady growth under load means the pool closes and "
+    "reopens connections (max_overflow above 0, or pool_size below the worker's concurrency).",
+)
 DB_POOL_SIZE = Gauge(
     "glasshouse_db_pool_size",
     "Configured pool_size + max_overflow per worker (the saturation ceiling).",

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -171,6 +172,8 @@ def _sample_pool(engine: AsyncEngine, settings: Settings, http_metrics: HttpMetr
     uncached read (bench/HISTORY.md). A scrape reads a point in time either way."""
     pool: Any = engine.sync_engine.pool
     metrics.DB_POOL_SIZE.set(settings.database.pool_size + settings.database.max_overflow)
+    # Connects are rare in a healthy pool: counted as they happen, not sampled.
+    event.listen(engine.sync_engine, "connect", lambda *_: metrics.DB_CONNECTIONS_OPENED.inc())
     in_use = metrics.DB_POOL_CONNECTIONS.labels(state="in_use")
     overflow = metrics.DB_POOL_CONNECTIONS.labels(state="overflow")
 

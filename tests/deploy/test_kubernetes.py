@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -367,6 +368,34 @@ def test_a_stuck_rollout_and_a_failed_migration_can_be_seen(objects: list[dict[s
     assert startup_window >= job["spec"]["activeDeadlineSeconds"]
     assert deployment["spec"]["progressDeadlineSeconds"] > startup_window
     assert job["spec"]["ttlSecondsAfterFinished"] >= 24 * 3600
+
+
+# PostgreSQL's default max_connections, less superuser_reserved_connections (3): what
+# deploy/README.md ("Database connections") tells users their server must allow.
+POSTGRES_MAX_CONNECTIONS = 100
+POSTGRES_RESERVED_CONNECTIONS = 3
+
+
+def test_database_connections_stay_under_max_connections(
+    objects: list[dict[str, Any]], overlay: str
+) -> None:
+    """Every pod the HPA may run, the rollout's surge pods on top, each worker's pool at its
+    ceiling, and the migration Job: together under PostgreSQL's max_connections."""
+    settings = make_settings("postgresql+asyncpg://x@localhost/x")  # the defaults
+    env = config_map_data(objects, "glasshouse-config")
+    workers = int(env.get("GLASSHOUSE_SERVER__WORKERS", settings.server.workers))
+    pool_size = int(env.get("GLASSHOUSE_DATABASE__POOL_SIZE", settings.database.pool_size))
+    overflow = int(env.get("GLASSHOUSE_DATABASE__MAX_OVERFLOW", settings.database.max_overflow))
+    assert overflow == 0, "overflow connections are closed and reopened at every burst"
+    max_replicas = find(objects, "HorizontalPodAutoscaler", "glasshouse")["spec"]["maxReplicas"]
+    surge = find(objects, "Deployment", "glasshouse")["spec"]["strategy"]["rollingUpdate"]
+    surge_pods = math.ceil(max_replicas * int(str(surge["maxSurge"]).rstrip("%")) / 100)
+    assert str(surge["maxSurge"]).endswith("%")
+    migration_job = 1  # alembic upgrade head: one connection
+    demand = (max_replicas + surge_pods) * workers * (pool_size + overflow) + migration_job
+    assert demand <= POSTGRES_MAX_CONNECTIONS - POSTGRES_RESERVED_CONNECTIONS, demand
+    readme = (REPO / "deploy" / "README.md").read_text()
+    assert f"`max_connections` {POSTGRES_MAX_CONNECTIONS}" in readme
 
 
 def assert_locked_down(name: str, spec: dict[str, Any]) -> None:

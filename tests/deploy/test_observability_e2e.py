@@ -66,6 +66,10 @@ ALERT_SIGNALS: dict[str, str] = {
         'sum by (namespace, pod) (glasshouse_db_pool_connections{job="glasshouse",state="in_use"})'
         ' / sum by (namespace, pod) (glasshouse_db_pool_size{job="glasshouse"})'
     ),
+    "GlasshouseDatabaseConnectionChurn": (
+        "sum by (namespace, pod) "
+        '(rate(glasshouse_db_connections_opened_total{job="glasshouse"}[10m]))'
+    ),
     "GlasshouseCacheUnavailable": (
         'min by (namespace, pod) (glasshouse_cache_available{job="glasshouse"})'
     ),
