@@ -23,13 +23,14 @@ ITEMS_CACHE = CacheNamespace("items")
 
 _Query = TypeVar("_Query", bound=Select[Any])
 
+# Priority ties in created order (as ids are): the priority index then returns a page in order.
 _ORDERINGS: dict[ItemSort, tuple[UnaryExpression[Any], ...]] = {
     ItemSort.created_asc: (Item.created_at.asc(), Item.id.asc()),
     ItemSort.created_desc: (Item.created_at.desc(), Item.id.desc()),
     ItemSort.title_asc: (Item.title.asc(), Item.id.asc()),
     ItemSort.title_desc: (Item.title.desc(), Item.id.desc()),
-    ItemSort.priority_asc: (Item.priority.asc(), Item.id.asc()),
-    ItemSort.priority_desc: (Item.priority.desc(), Item.id.desc()),
+    ItemSort.priority_asc: (Item.priority.asc(), Item.created_at.asc(), Item.id.asc()),
+    ItemSort.priority_desc: (Item.priority.desc(), Item.created_at.desc(), Item.id.desc()),
 }
 
 
