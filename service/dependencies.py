@@ -41,7 +41,8 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's database session. A GET only reads, so its session runs in autocommit
-    (see create_read_sessionmaker): no BEGIN before its queries, no ROLLBACK after."""
+    (see create_read_sessionmaker; not behind PgBouncer in transaction mode): no BEGIN before
+    its queries, no ROLLBACK after."""
     state = state_of(request)
     reads_only = request.method == "GET"
     sessionmaker = state["read_sessionmaker"] if reads_only else state["sessionmaker"]

@@ -64,7 +64,7 @@ def make_lifespan(
                 lifecycle=lifecycle,
                 engine=engine,
                 sessionmaker=sessionmaker,
-                read_sessionmaker=create_read_sessionmaker(engine),
+                read_sessionmaker=create_read_sessionmaker(engine, settings.database),
                 caches=caches,
                 login_limiter=LoginRateLimiter(caches.store, settings.rate_limit),
                 passwords=passwords,

@@ -77,6 +77,14 @@ class DatabaseSettings(BaseModel):
     statement_timeout_ms: Annotated[
         int, Field(ge=0, description="PostgreSQL statement_timeout for every session (0: none).")
     ] = 10_000
+    pgbouncer_transaction_mode: Annotated[
+        bool,
+        Field(
+            description="The URL is PgBouncer in transaction mode: no reused prepared "
+            "statements, every read in a transaction, and statement_timeout_ms is not sent "
+            "(PgBouncer cannot carry it: set it in PgBouncer or on the role, docs/operations.md).",
+        ),
+    ] = False
     echo: Annotated[bool, Field(description="Log every SQL statement (debugging only).")] = False
 
     @property

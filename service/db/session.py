@@ -2,6 +2,7 @@
 
 import logging
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import event, exc
@@ -30,7 +31,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         # Client-side: bounds a statement even when the server (or the network) stalls.
         "command_timeout": settings.command_timeout_seconds,
     }
-    if settings.statement_timeout_ms:
+    if settings.pgbouncer_transaction_mode:
+        connect_args |= _TRANSACTION_POOLING_ARGS
+    elif settings.statement_timeout_ms:
+        # Sent at login. PgBouncer cannot pass it on to the server connections it shares: in
+        # transaction mode they get it from PgBouncer or the role (docs/operations.md, "PgBouncer").
         connect_args["server_settings"] = {"statement_timeout": str(settings.statement_timeout_ms)}
     ping_every_checkout = settings.pool_pre_ping and settings.pool_pre_ping_idle_seconds == 0
     engine = create_async_engine(
@@ -46,6 +51,24 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         _ping_when_idle(engine, settings.pool_pre_ping_idle_seconds)
     return engine
 
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+# Behind PgBouncer in transaction mode one server connection serves many clients, one
+# transaction at a time, and a client's next transaction may run on another one:
+# - statement_cache_size=0: asyncpg's own queries (type introspection, pings) use unnamed
+#   statements, parsed and run in one round trip;
+# - prepared_statement_cache_size=0: SQLAlchemy prepares each statement where it runs instead
+#   of reusing one prepared on a server connection this client may no longer have;
+# - prepared_statement_name_func: asyncpg numbers statements per client connection
+#   (__asyncpg_stmt_1__, ...), so two clients sharing a server connection would collide.
+_TRANSACTION_POOLING_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _unique_statement_name,
+}
 
 _LAST_USED = "glasshouse_last_used"
 
@@ -83,10 +106,17 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def create_read_sessionmaker(
+    engine: AsyncEngine, settings: DatabaseSettings
+) -> async_sessionmaker[AsyncSession]:
     """Sessions for requests that only read: in autocommit mode there is no BEGIN before the
     query and no ROLLBACK after it, two of a primary-key read's three round trips. Nothing is
-    lost: at READ COMMITTED every statement takes its own snapshot, transaction or not."""
+    lost: at READ COMMITTED every statement takes its own snapshot, transaction or not.
+
+    Not behind PgBouncer in transaction mode: SQLAlchemy prepares a statement, then runs it,
+    and only a transaction keeps both on the same server connection."""
+    if settings.pgbouncer_transaction_mode:
+        return create_sessionmaker(engine)
     return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
