@@ -150,13 +150,14 @@ def running_otlp_sink() -> Iterator[OtlpSink]:
 
 
 @contextmanager
-def migrated_postgres_database() -> Iterator[str]:
-    """A PostgreSQL database of its own, migrated with the documented command."""
+def migrated_postgres_database(*, repo: Path = REPO) -> Iterator[str]:
+    """A PostgreSQL database of its own, migrated with the documented command (by the
+    migrations of ``repo``: another checkout's, e.g. a benchmark's baseline)."""
     url = asyncio.run(_create_postgres_database())
     try:
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=REPO,
+            cwd=repo,
             env={**base_env(), "DATABASE_URL": url},
             check=True,
             capture_output=True,
@@ -251,9 +252,11 @@ def running_gunicorn(
     *,
     workers: int = 2,
     app: str | None = None,
+    repo: Path = REPO,
     **settings: str,
 ) -> Iterator[Gunicorn]:
-    """gunicorn as production runs it (``app`` replaces the service, e.g. for a baseline)."""
+    """gunicorn as production runs it (``app`` replaces the service, e.g. for a baseline;
+    ``repo`` is the checkout whose service and gunicorn.conf.py run, e.g. a git worktree)."""
     port, metrics_port = free_port(), free_port()
     env = {
         **base_env(),
@@ -277,7 +280,7 @@ def running_gunicorn(
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *([app] if app else [])],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.processes import REPO, base_env
+from tests.conftest import REDIS_URL
+from tests.processes import REPO, base_env, migrated_postgres_database, running_gunicorn
 
 
 def run_bench(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -29,20 +31,68 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     result_file = tmp_path / "bench.json"
     completed = run_bench(
         "bench/run.py",
-        *("--rounds", "1", "--seconds", "1", "--steady-seconds", "1"),
+        *("--rounds", "1", "--seconds", "1", "--steady-seconds", "1", "--baseline", "none"),
         *("--json", str(result_file)),
     )
     assert "cached read on-10% / bare" in completed.stdout
-    assert "on-10% / standard-10% (a)" in completed.stdout
+    assert "on-10% / standard-10% (e)" in completed.stdout
+    assert "new PostgreSQL connections per run" in completed.stdout
     report = json.loads(result_file.read_text())
-    for variant in ("off", "on-100%", "on-10%", "standard-10%"):
-        for endpoint in "abcd":
+    variants = {"off", "on-100%", "on-10%", "standard-10%"}
+    for variant in variants:
+        for endpoint in "abcde":
             sample = report["medians"][f"{variant}/{endpoint}"]
             assert sample["rps"] > 0
             assert sample["errors"] == 0, (variant, endpoint, sample)
     assert report["medians"]["bare/a"]["rps"] > 0
     assert report["spans_received_by_sink"] > 0  # the "on" variants really exported traces
-    assert set(report["worker_rss_mb"]) == {"off", "on-100%", "on-10%", "standard-10%"}
+    assert set(report["worker_rss_mb"]) == variants
+    connections = report["new_postgres_connections_per_run"]
+    assert set(connections) == variants
+    for by_endpoint in connections.values():  # counted (run.py checks the counter moves)
+        assert set(by_endpoint) == set("abcde")
+        for counts in by_endpoint.values():
+            assert set(counts) == {"warm_up", "median", "max"}
+            assert all(count >= 0 for count in counts.values()), counts
+    for key, variant in (("steady_cached_read", "on-10%"), ("steady_list_with_filters", "off")):
+        assert report[key]["variant"] == variant
+        assert report[key]["achieved_rps"] > 0
+        assert report[key]["errors"] == 0
+    assert report["baseline"] is None
+    assert not any("baseline" in key for key in report["ratios"])
+
+
+def test_the_baseline_is_the_earlier_commit_run_from_a_worktree_removed_after(
+    tmp_path: Path,
+) -> None:
+    from bench import run
+
+    with run.baseline_worktree(run.BASELINE_REV) as tree:
+        assert run.commit_of(tree).startswith(run.BASELINE_REV)
+        # The service that answers is the worktree's, not this checkout's.
+        marker = "print('service imported from', __file__, flush=True)\n"
+        with (tree / "service" / "__init__.py").open("a") as init:
+            init.write(marker)
+        with (
+            migrated_postgres_database(repo=tree) as database_url,
+            running_gunicorn(
+                database_url,
+                tmp_path,
+                workers=1,
+                repo=tree,
+                REDIS_URL=REDIS_URL,
+                GLASSHOUSE_OBSERVABILITY__ENABLED="false",
+            ) as server,
+        ):
+            assert f"service imported from {tree / 'service' / '__init__.py'}" in server.logs()
+            headers = server.new_account_headers()
+            created = httpx.post(f"{server.url}/api/v1/items", json={"title": "x"}, headers=headers)
+            assert created.status_code == 201, created.text
+    assert not tree.exists()
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert str(tree) not in worktrees
 
 
 def test_in_process_benchmark_runs_and_reports_every_ratio() -> None:
