@@ -8,15 +8,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import redis.asyncio
-from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from sqlalchemy import delete, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.db.migrate import upgrade_to_head
 from service.db.models import Base
@@ -184,14 +185,28 @@ class RunningApp:
 
 
 @contextlib.asynccontextmanager
+async def started(app: FastAPI) -> AsyncIterator[tuple[ASGIApp, AppState]]:
+    """The app's lifespan, run through Starlette's public ``lifespan_context``, and the app as a
+    server serves it: each request's scope gets a copy of the lifespan state."""
+    async with app.router.lifespan_context(app) as state:
+        assert state is not None, "the service's lifespan yields its state"
+
+        async def served(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] in {"http", "websocket"}:
+                scope["state"] = dict(state)
+            await app(scope, receive, send)
+
+        yield served, cast(AppState, state)
+
+
+@contextlib.asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[RunningApp]:
     """A freshly built app whose lifespan has started, an httpx client wired to it, and the
     lifespan state handed to each request as a server would."""
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+    async with started(create_app(settings)) as (served, state):
+        transport = httpx.ASGITransport(app=served)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
-            yield RunningApp(http_client, manager._state)  # type: ignore[arg-type]
+            yield RunningApp(http_client, state)
 
 
 @contextlib.asynccontextmanager

@@ -8,13 +8,15 @@ import json
 import logging
 import tracemalloc
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import structlog
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT as NO_SPAN
 from prometheus_client import REGISTRY
@@ -30,8 +32,8 @@ from service.observability.logging import (
     reset_logging,
     write_access_line,
 )
-from service.settings import ObservabilitySettings, OtelSettings
-from tests.conftest import STANDARD, make_settings
+from service.settings import ObservabilitySettings, OtelSettings, Settings
+from tests.conftest import STANDARD, make_settings, started
 from tests.factories import API, make_account, make_item
 
 
@@ -112,13 +114,18 @@ async def traced_requests(
     return exporter
 
 
+@asynccontextmanager
+async def started_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncEngine]]:
+    app = create_app(settings)
+    async with started(app) as (_, state):
+        yield app, state["engine"]
+
+
 async def test_pool_gauges_are_sampled_when_metrics_are_flushed(
     database_url: str, empty_database: AsyncEngine
 ) -> None:
     settings = make_settings(database_url)
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        engine: AsyncEngine = manager._state["engine"]
+    async with started_app(settings) as (app, engine):
         http_metrics: HttpMetrics = app.state.http_metrics
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -139,9 +146,7 @@ async def test_new_database_connections_are_counted_and_reused_ones_are_not(
     database_url: str, empty_database: AsyncEngine
 ) -> None:
     settings = make_settings(database_url)
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        engine: AsyncEngine = manager._state["engine"]
+    async with started_app(settings) as (_, engine):
         before = sample("glasshouse_db_connections_opened_total")
         for _ in range(3):  # one connection, checked out three times
             async with engine.connect() as connection:

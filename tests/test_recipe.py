@@ -31,7 +31,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
@@ -51,6 +50,7 @@ from service.main import create_app
 from service.observability.logging import configure_logging, reset_logging
 from service.settings import Settings
 from service.users.models import Role, User
+from tests.conftest import started
 from tests.factories import API, Account, assert_problem, make_account
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,10 +239,10 @@ async def projects(
     try:
         spans = InMemorySpanExporter()
         app = create_app(settings, span_exporter=spans)
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
+        async with started(app) as (served, state):
+            transport = httpx.ASGITransport(app=served)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield ProjectsApp(client, manager._state, spans)  # type: ignore[arg-type]
+                yield ProjectsApp(client, state, spans)
     finally:
         recipe.detach()
 
