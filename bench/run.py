@@ -60,6 +60,7 @@ from tests.processes import (  # noqa: E402
     migrated_postgres_database,
     running_gunicorn,
     running_otlp_sink,
+    sessions_established,
 )
 
 WRK_SCRIPT = REPO / "bench" / "wrk" / "request.lua"
@@ -244,15 +245,7 @@ class SessionCounter:
         self._connection = self._loop.run_until_complete(asyncpg.connect(plain_dsn()))
 
     def sessions(self, database: str) -> int:
-        async def read() -> int:
-            # A transaction's statistics snapshot would otherwise stay the same.
-            await self._connection.execute("SELECT pg_stat_clear_snapshot()")
-            value = await self._connection.fetchval(
-                "SELECT sessions FROM pg_stat_database WHERE datname = $1", database
-            )
-            return int(value or 0)
-
-        return self._loop.run_until_complete(read())
+        return self._loop.run_until_complete(sessions_established(self._connection, database))
 
     def check_counts(self, database: str) -> None:
         """A connection of our own, kept open as a pool keeps its own, must move the counter

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -147,6 +148,17 @@ def running_otlp_sink() -> Iterator[OtlpSink]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def sessions_established(connection: asyncpg.Connection, database: str) -> int:
+    """PostgreSQL's own count of every session ever established to ``database``
+    (pg_stat_database.sessions). Reading it opens none: ``connection`` is already open."""
+    # Within a transaction the statistics snapshot would otherwise stay the same.
+    await connection.execute("SELECT pg_stat_clear_snapshot()")
+    count = await connection.fetchval(
+        "SELECT sessions FROM pg_stat_database WHERE datname = $1", database
+    )
+    return int(count or 0)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.factories import API
-from tests.processes import migrated_postgres_database, running_gunicorn
+from tests.processes import migrated_postgres_database, running_gunicorn, sessions_established
 
 WORKERS = 2
 CONCURRENT_PER_WORKER = 16
@@ -34,13 +34,9 @@ class ServerView:
         self.database = database
 
     async def sessions(self) -> int:
-        # Backends report their counts at most once a second; then read a fresh snapshot.
+        # Backends report their counts at most once a second.
         await asyncio.sleep(1.2)
-        await self.connection.execute("SELECT pg_stat_clear_snapshot()")
-        count = await self.connection.fetchval(
-            "SELECT sessions FROM pg_stat_database WHERE datname = $1", self.database
-        )
-        return int(count)
+        return await sessions_established(self.connection, self.database)
 
     async def backends(self) -> set[tuple[int, float]]:
         rows = await self.connection.fetch(
