@@ -1,10 +1,12 @@
 """The database pool under gunicorn does not churn: after the first burst, bursts of uncached
-reads open no new PostgreSQL connection, as PostgreSQL itself counts them (pg_stat_database's
-sessions and pg_stat_activity's backends). With an overflow pool the same bursts reconnect."""
+reads close and reopen no PostgreSQL connection, as PostgreSQL itself counts them
+(pg_stat_database's sessions and pg_stat_activity's backends). With an overflow pool the same
+bursts reconnect."""
 
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from service.settings import DatabaseSettings
 from tests.factories import API
 from tests.processes import migrated_postgres_database, running_gunicorn, sessions_established
 
@@ -55,9 +58,20 @@ async def burst(client: httpx.AsyncClient, path: str, headers: dict[str, str]) -
     assert {response.status_code for response in responses} == {200}
 
 
-async def new_connections_per_burst(service_url: str, database_url: str) -> list[int]:
-    """Sessions PostgreSQL saw opened during each burst after the first, and checks that the
-    backends alive after the first are the ones alive after the last when none was opened."""
+@dataclass
+class PoolWatch:
+    """PostgreSQL's view across the bursts after the first."""
+
+    opened: list[int]  # sessions established during each burst
+    after_first: set[tuple[int, float]]  # backends (pid, start) alive after the first burst
+    at_end: set[tuple[int, float]]  # and after the last
+
+    def churned(self) -> int:
+        """Sessions opened after the first burst that are no longer there: closed, reopened."""
+        return sum(self.opened) - len(self.at_end - self.after_first)
+
+
+async def watch_bursts(service_url: str, database_url: str) -> PoolWatch:
     target = make_url(database_url)
     connection = await asyncpg.connect(
         host=target.host, port=target.port, user=target.username, database=target.database
@@ -82,18 +96,22 @@ async def new_connections_per_burst(service_url: str, database_url: str) -> list
             before = await view.sessions()
             await burst(client, path, headers)
             opened.append(await view.sessions() - before)
-        if not any(opened):
-            assert await view.backends() == after_first
+        at_end = await view.backends()
     await connection.close()
-    return opened
+    return PoolWatch(opened, after_first, at_end)
 
 
-def test_bursts_of_uncached_reads_open_no_connection_with_the_default_pool(
+def test_bursts_of_uncached_reads_reopen_no_connection_with_the_default_pool(
     database_url: str, tmp_path: Path
 ) -> None:
+    """Pools fill lazily: a worker that the kernel handed fewer of the first burst's requests
+    may open the rest of its pool_size in a later one. What must never happen is a connection
+    closed and opened again: every one opened is still there at the end."""
     with running_gunicorn(database_url, tmp_path, workers=WORKERS) as server:
-        opened = asyncio.run(new_connections_per_burst(server.url, database_url))
-    assert opened == [0] * BURSTS
+        watch = asyncio.run(watch_bursts(server.url, database_url))
+    assert watch.after_first <= watch.at_end, "a connection of the first burst was closed"
+    assert watch.churned() == 0, watch
+    assert len(watch.at_end) <= WORKERS * DatabaseSettings().pool_size
 
 
 def test_an_overflow_pool_keeps_reconnecting(database_url: str, tmp_path: Path) -> None:
@@ -106,6 +124,5 @@ def test_an_overflow_pool_keeps_reconnecting(database_url: str, tmp_path: Path) 
         GLASSHOUSE_DATABASE__POOL_SIZE="1",
         GLASSHOUSE_DATABASE__MAX_OVERFLOW="15",
     ) as server:
-        opened = asyncio.run(new_connections_per_burst(server.url, database_url))
-    # Summed: a backend's connect can be reported to the statistics after the next reading.
-    assert sum(opened) >= BURSTS, opened
+        watch = asyncio.run(watch_bursts(server.url, database_url))
+    assert watch.churned() >= BURSTS, watch
