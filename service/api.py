@@ -6,6 +6,7 @@ from service.auth.router import router as auth_router
 from service.health.router import router as health_router
 from service.items.router import router as items_router
 from service.meta.router import router as meta_router
+from service.service_accounts.router import router as service_accounts_router
 from service.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
@@ -16,6 +17,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     auth_router,
     users_router,
     meta_router,
+    service_accounts_router,
 )
 
 

@@ -84,6 +84,22 @@ class InvalidTokenError(AuthenticationError):
     title = "Invalid or expired token"
 
 
+class InvalidApiKeyError(AuthenticationError):
+    code = "invalid_api_key"
+    title = "Invalid, expired or revoked API key"
+
+
+class AmbiguousCredentialsError(AuthenticationError):
+    code = "ambiguous_credentials"
+    title = "Send either a bearer token or an API key, not both"
+
+
+class InsufficientScopeError(AppError):
+    status = 403
+    code = "insufficient_scope"
+    title = "The API key's scopes do not allow this"
+
+
 class RefreshTokenReusedError(AuthenticationError):
     code = "refresh_token_reused"
     title = "Refresh token already used; the session has been revoked"

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from service.auth.rate_limit import LoginRateLimiter
+from service.auth.api_keys import ApiKeyAuthenticator
+from service.auth.rate_limit import ApiKeyFailureLimiter, LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
 from service.cache.setup import Caches, build_caches
 from service.db.migrate import upgrade_to_head
@@ -39,6 +40,7 @@ class AppState(TypedDict):
     login_limiter: LoginRateLimiter
     passwords: PasswordHasher
     access_tokens: AccessTokenCodec
+    api_keys: ApiKeyAuthenticator
 
 
 def make_lifespan(
@@ -52,6 +54,7 @@ def make_lifespan(
         caches.start()
         observability.observe_cache(app, caches, settings, tracer_provider)
         passwords = PasswordHasher(settings.auth)
+        api_keys: ApiKeyAuthenticator | None = None
         try:
             await _wait_for_database(engine, settings)
             if settings.should_auto_migrate:
@@ -59,6 +62,14 @@ def make_lifespan(
             sessionmaker = create_sessionmaker(engine)
             async with sessionmaker() as session:
                 await ensure_bootstrap_admin(session, passwords, settings.auth, caches.auth)
+            api_keys = ApiKeyAuthenticator(
+                settings.api_keys,
+                caches.auth,
+                ApiKeyFailureLimiter(
+                    caches.store, settings.rate_limit, settings.api_keys.max_failures_per_address
+                ),
+                sessionmaker,
+            )
             yield AppState(
                 settings=settings,
                 lifecycle=lifecycle,
@@ -69,10 +80,13 @@ def make_lifespan(
                 login_limiter=LoginRateLimiter(caches.store, settings.rate_limit),
                 passwords=passwords,
                 access_tokens=AccessTokenCodec(settings.auth),
+                api_keys=api_keys,
             )
         finally:
             lifecycle.begin_draining()
             passwords.close()
+            if api_keys is not None:
+                await api_keys.close()
             await caches.close()
             await engine.dispose()
             observability.flush_buffers(app)

@@ -132,6 +132,43 @@ class AuthSettings(BaseModel):
     ] = None
 
 
+class ApiKeySettings(BaseModel):
+    """Service accounts and their API keys (docs/api-keys.md)."""
+
+    max_service_accounts_per_user: Annotated[
+        int, Field(ge=1, description="Service accounts one user may own.")
+    ] = 20
+    max_keys_per_service_account: Annotated[
+        int,
+        Field(ge=1, description="Keys one service account may hold, revoked ones not counted."),
+    ] = 10
+    rotation_grace_seconds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=30 * 86_400,
+            description="How long a rotated key keeps working by default (a rotation may ask "
+            "for less).",
+        ),
+    ] = 86_400
+    last_used_resolution_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="A key's last-used time is written at most this often per worker, not "
+            "on every request.",
+        ),
+    ] = 60.0
+    max_failures_per_address: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Failed API-key checks from one client address within the rate "
+            "limit's window; past it, 429. Keyed by address only, so nobody can lock a key out.",
+        ),
+    ] = 50
+
+
 class HttpSettings(BaseModel):
     host: Annotated[str, Field(description="Address `python -m service` binds.")] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65_535, description="Port `python -m service` binds.")] = (
@@ -449,6 +486,7 @@ class Settings(BaseSettings):
     ] = None
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
+    api_keys: ApiKeySettings = ApiKeySettings()
     http: HttpSettings = HttpSettings()
     redis_url: Annotated[
         str | None,

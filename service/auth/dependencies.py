@@ -1,49 +1,104 @@
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, Request
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import sessions
+from service.auth.metrics import AUTHENTICATED_REQUESTS
 from service.auth.principal import Principal
+from service.auth.scopes import Scope
 from service.auth.security import AccessClaims
 from service.cache.scoped import Lookup, UserScopedCache
 from service.dependencies import AuthCacheDep, SessionDep, state_of
-from service.errors import AuthenticationError, ForbiddenError, InactiveUserError, InvalidTokenError
+from service.errors import (
+    AmbiguousCredentialsError,
+    AuthenticationError,
+    ForbiddenError,
+    InactiveUserError,
+    InsufficientScopeError,
+    InvalidTokenError,
+)
 from service.users.models import Role, User
 
 TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 (a path, not a secret)
+API_KEY_HEADER = "X-API-Key"
 
 
 class _BearerClaims(OAuth2PasswordBearer):
-    """The bearer token's verified claims, in one dependency that is also the OpenAPI security
-    scheme. Decoding in a dependency of its own on top of the scheme made FastAPI solve one
-    more node on every authenticated request."""
+    """The bearer token's verified claims, if one was sent, in one dependency that is also the
+    OpenAPI security scheme. Decoding in a dependency of its own on top of the scheme made
+    FastAPI solve one more node on every authenticated request."""
 
-    async def __call__(self, request: Request) -> AccessClaims:  # type: ignore[override]
+    async def __call__(self, request: Request) -> AccessClaims | None:  # type: ignore[override]
         token = await super().__call__(request)
-        if not token:
-            raise AuthenticationError()
         # The codec from the state directly, not as one more dependency.
-        return state_of(request)["access_tokens"].decode(token)
+        return state_of(request)["access_tokens"].decode(token) if token else None
 
 
-# auto_error=False: a missing token is rendered by our own error handler, in our error shape.
-# The scheme keeps the name OpenAPI clients know it by.
+# auto_error=False: a missing credential is rendered by our own error handler, in our error
+# shape. The schemes keep the names OpenAPI clients know them by.
 get_access_claims = _BearerClaims(
     tokenUrl=TOKEN_URL, scheme_name="OAuth2PasswordBearer", auto_error=False
 )
+# Its own header, not a bearer token: a key is told apart from a token before anything is
+# parsed, and never lands where tokens are expected (docs/api-keys.md).
+get_api_key = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="APIKeyHeader",
+    description="A service account's API key (gh_...): docs/api-keys.md.",
+    auto_error=False,
+)
 
-AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
+AccessClaimsDep = Annotated[AccessClaims | None, Depends(get_access_claims)]
+ApiKeyDep = Annotated[str | None, Depends(get_api_key)]
+_SESSION_REQUESTS = AUTHENTICATED_REQUESTS.labels(method="session")
+_API_KEY_REQUESTS = AUTHENTICATED_REQUESTS.labels(method="api_key")
 
 
 async def get_principal(
-    claims: AccessClaimsDep, session: SessionDep, auth_cache: AuthCacheDep
+    request: Request, claims: AccessClaimsDep, session: SessionDep, auth_cache: AuthCacheDep
 ) -> Principal:
+    """The signed-in user, through a login session's access token. A route that takes this is
+    closed to API keys (and its OpenAPI operation names the token scheme alone): a key reaches
+    only the routes that name a scope, through ``requires``."""
+    if claims is None:
+        if API_KEY_HEADER in request.headers:
+            raise InsufficientScopeError("This needs a login session; API keys cannot use it.")
+        raise AuthenticationError()
     lookup = await auth_cache.read(claims.user_id, claims.session_id)
-    return await principal_from(claims, lookup, open_session=lambda: session, auth_cache=auth_cache)
+    principal = await principal_from(
+        claims, lookup, open_session=lambda: session, auth_cache=auth_cache
+    )
+    _SESSION_REQUESTS.inc()
+    return principal
+
+
+async def get_caller(
+    request: Request,
+    claims: AccessClaimsDep,
+    api_key: ApiKeyDep,
+    session: SessionDep,
+    auth_cache: AuthCacheDep,
+) -> Principal:
+    """A login session or an API key. Only ``requires`` takes this: a key's request is always
+    checked against the route's scope."""
+    if api_key is None:
+        return await get_principal(request, claims, session, auth_cache)
+    if claims is not None:
+        raise AmbiguousCredentialsError()
+    address = request.client.host if request.client else "unknown"
+    principal = await state_of(request)["api_keys"].authenticate(
+        api_key, session=session, address=address
+    )
+    _API_KEY_REQUESTS.inc()
+    # In every log line of this request, the access line included; never the key.
+    structlog.contextvars.bind_contextvars(
+        user_id=principal.id, service_account_id=principal.service_account_id
+    )
+    return principal
 
 
 async def principal_from(
@@ -74,6 +129,7 @@ async def principal_from(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+Caller = Annotated[Principal, Depends(get_caller)]
 
 
 async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> User:
@@ -87,7 +143,35 @@ async def get_current_user(principal: CurrentPrincipal, session: SessionDep) -> 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-async def require_admin(principal: CurrentPrincipal) -> Principal:
+# Each scope's check, one dependency per scope (FastAPI solves each once per request). A test
+# holds every authenticated route to having one.
+SCOPE_CHECKS: dict[Callable[..., Awaitable[Principal]], Scope] = {}
+
+
+def requires(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """The dependency that lets a request through if its credential has ``scope``: a login
+    session has every scope, an API key those it was given. The one way a key gets in."""
+    for check, checked in SCOPE_CHECKS.items():
+        if checked is scope:
+            return check
+
+    async def check_scope(principal: Caller) -> Principal:
+        if not principal.allows(scope):
+            raise InsufficientScopeError(f"This needs the {scope.value} scope.")
+        return principal
+
+    SCOPE_CHECKS[check_scope] = scope
+    return check_scope
+
+
+ItemsReader = Annotated[Principal, Depends(requires(Scope.items_read))]
+ItemsWriter = Annotated[Principal, Depends(requires(Scope.items_write))]
+ProfileReader = Annotated[Principal, Depends(requires(Scope.profile_read))]
+
+
+async def require_admin(
+    principal: Annotated[Principal, Depends(requires(Scope.admin))],
+) -> Principal:
     if not principal.is_admin:
         raise ForbiddenError("This operation needs the admin role.")
     return principal

@@ -13,13 +13,25 @@ SESSIONS_REVOKED = Counter(
     "Login sessions revoked (their access and refresh tokens with them), by reason.",
     ["reason"],
 )
-RATE_LIMITS = ("login_client", "login_account", "login_address")
+RATE_LIMITS = ("login_client", "login_account", "login_address", "api_key_address")
 RATE_LIMITED = Counter(
     "glasshouse_rate_limited_total", "Requests refused by a rate limit, by limit.", ["limit"]
 )
 RATE_LIMIT_FALLBACKS = Counter(
     "glasshouse_rate_limit_fallbacks_total",
-    "Login attempts counted by the worker alone because Redis was unavailable.",
+    "Login and API-key attempts counted by the worker alone because Redis was unavailable.",
+)
+AUTH_METHODS = ("session", "api_key")
+AUTHENTICATED_REQUESTS = Counter(
+    "glasshouse_authenticated_requests_total",
+    "Requests that authenticated, by method: a login session's access token or an API key.",
+    ["method"],
+)
+API_KEY_FAILURE_REASONS = ("malformed", "unknown", "wrong_secret", "expired", "revoked", "inactive")
+API_KEY_FAILURES = Counter(
+    "glasshouse_api_key_failures_total",
+    "API-key checks that failed (401 or 403), by reason.",
+    ["reason"],
 )
 PASSWORD_CHECKS_REFUSED = Counter(
     "glasshouse_password_checks_refused_total",
@@ -32,5 +44,9 @@ for _outcome in LOGIN_OUTCOMES:
     LOGIN_ATTEMPTS.labels(outcome=_outcome)
 for _reason in REVOCATION_REASONS:
     SESSIONS_REVOKED.labels(reason=_reason)
+for _method in AUTH_METHODS:
+    AUTHENTICATED_REQUESTS.labels(method=_method)
+for _failure in API_KEY_FAILURE_REASONS:
+    API_KEY_FAILURES.labels(reason=_failure)
 for _limit in RATE_LIMITS:
     RATE_LIMITED.labels(limit=_limit)

@@ -13,6 +13,7 @@ from service.dependencies import (
     SessionDep,
     SettingsDep,
 )
+from service.errors import ForbiddenError
 from service.users import service as users_service
 from service.users.schemas import UserCreate, UserRead
 
@@ -99,6 +100,8 @@ async def refresh(
 async def logout(
     session: SessionDep, auth_cache: AuthCacheDep, principal: CurrentPrincipal
 ) -> None:
+    if principal.session_id is None:  # CurrentPrincipal is a login session's
+        raise ForbiddenError("Only a login session can be logged out.")
     await service.logout(
         session=session,
         auth_cache=auth_cache,

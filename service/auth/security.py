@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import os
 import secrets
 import sys
@@ -187,3 +188,45 @@ def new_refresh_token() -> str:
 
 def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# API keys: gh_<key id>_<secret>. The prefix makes a leaked key recognisable to secret
+# scanners; the id finds the stored key; only the secret's SHA-256 is stored. A fast hash is
+# safe here, unlike for passwords: 256 random bits cannot be guessed from their hash.
+API_KEY_PREFIX = "gh_"
+_KEY_ID_LENGTH = 16
+_KEY_SECRET_LENGTH = 43  # token_urlsafe(32)
+_KEY_LENGTH = len(API_KEY_PREFIX) + _KEY_ID_LENGTH + 1 + _KEY_SECRET_LENGTH
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyParts:
+    key_id: str
+    secret: str
+
+
+def new_api_key() -> tuple[str, ApiKeyParts]:
+    parts = ApiKeyParts(
+        key_id=secrets.token_hex(_KEY_ID_LENGTH // 2), secret=secrets.token_urlsafe(32)
+    )
+    return f"{API_KEY_PREFIX}{parts.key_id}_{parts.secret}", parts
+
+
+def parse_api_key(raw: str) -> ApiKeyParts | None:
+    """The key's parts, or None when it is not shaped like a key (nothing is looked up)."""
+    if len(raw) != _KEY_LENGTH or not raw.startswith(API_KEY_PREFIX):
+        return None
+    key_id = raw[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _KEY_ID_LENGTH]
+    separator, secret = raw[len(API_KEY_PREFIX) + _KEY_ID_LENGTH], raw[-_KEY_SECRET_LENGTH:]
+    if separator != "_" or not _HEX.issuperset(key_id):
+        return None
+    return ApiKeyParts(key_id=key_id, secret=secret)
+
+
+def hash_api_key_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_key_secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_api_key_secret(secret), stored_hash)

@@ -3,6 +3,15 @@
 from service.auth.models import AuthSession, RefreshToken
 from service.db.base import Base
 from service.items.models import Item
+from service.service_accounts.models import ApiKey, ServiceAccount
 from service.users.models import User
 
-__all__ = ["AuthSession", "Base", "Item", "RefreshToken", "User"]
+__all__ = [
+    "ApiKey",
+    "AuthSession",
+    "Base",
+    "Item",
+    "RefreshToken",
+    "ServiceAccount",
+    "User",
+]

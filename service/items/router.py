@@ -2,7 +2,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 
-from service.auth.dependencies import CurrentPrincipal
+from service.auth.dependencies import ItemsReader, ItemsWriter
 from service.cache.declared import cached
 from service.dependencies import AnswerCacheDep, SessionDep
 from service.items import service
@@ -22,7 +22,7 @@ CACHED: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an item")
 async def create_item(
-    data: ItemCreate, viewer: CurrentPrincipal, session: SessionDep, cache: AnswerCacheDep
+    data: ItemCreate, viewer: ItemsWriter, session: SessionDep, cache: AnswerCacheDep
 ) -> ItemRead:
     item = await service.create_item(session=session, cache=cache, owner=viewer, data=data)
     return ItemRead.model_validate(item)
@@ -35,7 +35,7 @@ async def create_item(
 )
 @cached(ITEMS_CACHE)
 async def list_items(
-    viewer: CurrentPrincipal,
+    viewer: ItemsReader,
     session: SessionDep,
     page: Annotated[PageParams, Depends(page_params)],
     item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
@@ -65,12 +65,16 @@ async def list_items(
 
 @router.get("/{item_id}", summary="Get one item", responses={**NOT_FOUND, **CACHED})
 @cached(ITEMS_CACHE)
-async def get_item(item_id: ItemId, viewer: CurrentPrincipal, session: SessionDep) -> ItemRead:
+async def get_item(item_id: ItemId, viewer: ItemsReader, session: SessionDep) -> ItemRead:
     item = await service.get_visible_item(session=session, viewer=viewer, item_id=item_id)
     return ItemRead.model_validate(item)
 
 
-@router.patch("/{item_id}", summary="Change an item", responses=NOT_FOUND)
+@router.patch(
+    "/{item_id}",
+    summary="Change an item",
+    responses=NOT_FOUND,
+)
 async def update_item(
     data: ItemUpdate, item: VisibleItem, session: SessionDep, cache: AnswerCacheDep
 ) -> ItemRead:

@@ -2,7 +2,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, status
 
-from service.auth.dependencies import AdminPrincipal, CurrentUser
+from service.auth.dependencies import AdminPrincipal, CurrentUser, ProfileReader
 from service.dependencies import AuthCacheDep, CachesDep, PasswordsDep, SessionDep
 from service.schemas import Page, PageParams, page_params
 from service.users import service
@@ -15,7 +15,8 @@ _not_found: dict[int | str, dict[str, Any]] = {404: {"description": "No such use
 
 
 @router.get("/me", summary="Your own account")
-async def read_me(user: CurrentUser) -> UserRead:
+async def read_me(viewer: ProfileReader, session: SessionDep) -> UserRead:
+    user = await service.get_user(session=session, user_id=viewer.id)
     return UserRead.model_validate(user)
 
 
