@@ -65,7 +65,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.http.cors_origins,
             allow_methods=["*"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", "traceresponse"],
         )
     observability.install_outer_middleware(app, settings, tracer_provider)

@@ -302,6 +302,10 @@ async def test_domain_log_lines_carry_request_and_trace_ids(
     assert re.match(r"^[0-9a-f]{16}$", created["span_id"])
 
 
+API_KEY_SECRET = "S3cretS3cretS3cretS3cretS3cretS3cretS3cret1"
+API_KEY = f"gh_0123456789abcdef_{API_KEY_SECRET}"
+
+
 async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs: LogFile) -> None:
     account = await make_account(client, password="hunter2-but-longer")
     await client.post(
@@ -313,17 +317,19 @@ async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs:
     log.info(
         "with_secrets",
         password="p4ss",
-        headers={"Authorization": "Bearer abc.def.ghi", "Cookie": "session=1"},
+        headers={"Authorization": "Bearer abc.def.ghi", "Cookie": "session=1", "X-API-Key": "k"},
         refresh_token="r-token",
         database="postgresql+asyncpg://app:db-secret@db:5432/app",
         nested=[{"jwt_secret": "s3cret"}],
         note="sent Bearer abc.def.ghi to the server",
+        pasted_key=f"tried {API_KEY}",
     )
     logging.getLogger("sqlalchemy.pool").warning(
         "reconnecting to postgresql://app:db-secret@db/app"
     )
     # A token pasted into a URL: the access line's path is redacted too.
     assert (await client.get(f"{API}/items/Bearer abc.def.ghi")).status_code == 401
+    assert (await client.get(f"{API}/items?key={API_KEY}")).status_code == 401
     text = json_logs.path.read_text()
     for secret in (
         "hunter2",
@@ -335,10 +341,12 @@ async def test_secrets_never_reach_the_log(client: httpx.AsyncClient, json_logs:
         "r-token",
         "db-secret",
         "s3cret",
+        API_KEY_SECRET,
     ):
         assert secret not in text
     line = next(line for line in json_logs.lines() if line["event"] == "with_secrets")
-    assert line["headers"] == {"Authorization": "[redacted]", "Cookie": "[redacted]"}
+    assert line["headers"] == dict.fromkeys(("Authorization", "Cookie", "X-API-Key"), "[redacted]")
+    assert line["pasted_key"] == "tried gh_0123456789abcdef_[redacted]"
     assert line["database"] == "postgresql+asyncpg://app:[redacted]@db:5432/app"
     [pasted] = [line for line in json_logs.access_lines() if "Bearer" in line["path"]]
     assert pasted["path"] == f"{API}/items/Bearer [redacted]"

@@ -40,6 +40,7 @@ SENSITIVE_KEYS = frozenset(
         "secret",
         "jwt_secret",
         "api_key",
+        "x-api-key",
         "client_secret",
     }
 )
@@ -47,6 +48,8 @@ REDACTED = "[redacted]"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@", re.I)
 # Also URL-encoded ("Bearer%20..."), as a URL with a pasted token shows up in client logs.
 _BEARER = re.compile(r"(Bearer(?:\s|%20)+)[A-Za-z0-9._~+/=-]+", re.I)
+# An API key pasted into a message (service/auth/security.py): its public id stays readable.
+_API_KEY = re.compile(r"(gh_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
 
 
 def _redact_value(key: str, value: Any) -> Any:
@@ -66,7 +69,13 @@ def _redact_text(text: str) -> str:
         text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
     if "earer" in text:
         text = _BEARER.sub(r"\1" + REDACTED, text)
+    if "gh_" in text:
+        text = _API_KEY.sub(r"\1" + REDACTED, text)
     return text
+
+
+def _may_hold_a_secret(text: str) -> bool:
+    return "://" in text or "earer" in text or "gh_" in text
 
 
 def _redacted(key: str, value: Any, names_a_secret: bool) -> Any:
@@ -77,7 +86,7 @@ def _redacted(key: str, value: Any, names_a_secret: bool) -> Any:
         return REDACTED
     kind = type(value)
     if kind is str:
-        return _redact_text(value) if "://" in value or "earer" in value else value
+        return _redact_text(value) if _may_hold_a_secret(value) else value
     if kind is int or kind is float or value is None:
         return value
     return _redact_value(key, value)
@@ -310,7 +319,7 @@ def write_access_line(
     # and the path the client sent. The other fields are numbers and names this service made.
     line = redacted_log_context()
     path = fields.get("path")
-    if isinstance(path, str) and ("://" in path or "earer" in path):
+    if isinstance(path, str) and _may_hold_a_secret(path):
         fields["path"] = _redact_text(path)
     line.update(fields)  # as merge_contextvars: the line's own fields win over the context
     line.update(_ACCESS_ERROR if failed else _ACCESS_INFO)
