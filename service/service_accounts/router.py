@@ -73,7 +73,7 @@ async def create_key(
     key, raw = await service.create_key(
         session=session, owner=owner, account=account, data=data, settings=settings.api_keys
     )
-    return ApiKeyCreated.model_validate({**ApiKeyRead.model_validate(key).model_dump(), "key": raw})
+    return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), key=raw)
 
 
 @router.get(
@@ -108,9 +108,7 @@ async def rotate_key(
         key=key,
         grace_seconds=settings.api_keys.rotation_grace_seconds if grace is None else grace,
     )
-    return ApiKeyCreated.model_validate(
-        {**ApiKeyRead.model_validate(new_key).model_dump(), "key": raw}
-    )
+    return ApiKeyCreated(**ApiKeyRead.model_validate(new_key).model_dump(), key=raw)
 
 
 @router.delete(
