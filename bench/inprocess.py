@@ -10,7 +10,7 @@ What it reports is CPU time per request (``time.process_time``, which includes t
 exporter's thread) and its ratio to "off". It leaves out HTTP parsing and the load generator,
 so its ratios are those of the app alone: run it beside `make bench`, not instead of it.
 
-  python bench/inprocess.py [--cycles 40] [--requests 50] [--endpoints a,b,c,d]
+  python bench/inprocess.py [--cycles 40] [--requests 50] [--endpoints a,b,c,d,f]
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from fastapi import FastAPI  # noqa: E402 (after the environment is set)
 
-from bench.run import ENDPOINTS, VARIANTS  # noqa: E402 (the same variants and endpoints)
+from bench.run import ENDPOINTS as RUN_ENDPOINTS  # noqa: E402 (the same variants and endpoints)
+from bench.run import VARIANTS  # noqa: E402
 from service.main import create_app  # noqa: E402
 from service.observability.logging import configure_logging  # noqa: E402
 from service.server import tune_garbage_collector  # noqa: E402
@@ -58,6 +59,10 @@ from service.settings import (  # noqa: E402
 )
 from tests.conftest import FAST_HASHING, REDIS_URL  # noqa: E402
 from tests.processes import migrated_postgres_database, running_otlp_sink  # noqa: E402
+
+# Here only: the cached read made with a service account's API key instead of an access token,
+# to set a key's check beside a token's (docs/api-keys.md).
+ENDPOINTS = RUN_ENDPOINTS | {"f": "cached read, API key"}
 
 
 def _serve_sink(port: Any) -> None:
@@ -93,6 +98,7 @@ class App:
     app: FastAPI
     state: dict[str, Any] = field(default_factory=dict)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    key_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     item_id: int = 0
     lifespan: AbstractAsyncContextManager[Any] | None = None
 
@@ -156,11 +162,22 @@ class App:
         status, created = await self.call("POST", "/api/v1/items", self.headers + json_body, item)
         assert status == 201, status
         self.item_id = json.loads(created)["id"]
+        status, account = await self.call(
+            "POST", "/api/v1/service-accounts", self.headers + json_body, b'{"name": "bench"}'
+        )
+        assert status == 201, status
+        keys = f"/api/v1/service-accounts/{json.loads(account)['id']}/keys"
+        body = b'{"name": "bench", "scopes": ["items:read"]}'
+        status, key = await self.call("POST", keys, self.headers + json_body, body)
+        assert status == 201, status
+        self.key_headers = [(b"x-api-key", json.loads(key)["key"].encode())]
 
     def request(self, endpoint: str) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
         item = f"/api/v1/items/{self.item_id}"
         if endpoint == "a":
             return "GET", item, self.headers, b""
+        if endpoint == "f":
+            return "GET", item, self.key_headers, b""
         if endpoint == "b":
             return "GET", item, [*self.headers, (b"cache-control", b"no-cache")], b""
         if endpoint == "c":
