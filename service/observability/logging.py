@@ -56,7 +56,7 @@ def _redact_value(key: str, value: Any) -> Any:
     if key.lower() in SENSITIVE_KEYS:
         return REDACTED
     if isinstance(value, str):
-        return _redact_text(value)
+        return redact_text(value)
     if isinstance(value, Mapping):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -64,7 +64,8 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def _redact_text(text: str) -> str:
+def redact_text(text: str) -> str:
+    """``text`` with passwords in URLs, bearer tokens and API keys' secrets masked."""
     if "://" in text:
         text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:" + REDACTED + "@", text)
     if "earer" in text:
@@ -74,7 +75,7 @@ def _redact_text(text: str) -> str:
     return text
 
 
-def _may_hold_a_secret(text: str) -> bool:
+def may_hold_a_secret(text: str) -> bool:
     return "://" in text or "earer" in text or "gh_" in text
 
 
@@ -86,7 +87,7 @@ def _redacted(key: str, value: Any, names_a_secret: bool) -> Any:
         return REDACTED
     kind = type(value)
     if kind is str:
-        return _redact_text(value) if _may_hold_a_secret(value) else value
+        return redact_text(value) if may_hold_a_secret(value) else value
     if kind is int or kind is float or value is None:
         return value
     return _redact_value(key, value)
@@ -319,8 +320,8 @@ def write_access_line(
     # and the path the client sent. The other fields are numbers and names this service made.
     line = redacted_log_context()
     path = fields.get("path")
-    if isinstance(path, str) and _may_hold_a_secret(path):
-        fields["path"] = _redact_text(path)
+    if isinstance(path, str) and may_hold_a_secret(path):
+        fields["path"] = redact_text(path)
     line.update(fields)  # as merge_contextvars: the line's own fields win over the context
     line.update(_ACCESS_ERROR if failed else _ACCESS_INFO)
     _add_timestamp(None, "", line)

@@ -15,17 +15,21 @@ both (setup.py). tests/test_instrumentation_conformance.py holds the two side by
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator.metrics import Info
 from redis.asyncio import Redis
 from starlette.datastructures import Headers
 
 from service.observability import http_metrics
+from service.observability.logging import may_hold_a_secret, redact_text
 from service.observability.request_context import RouteTemplates
 from service.observability.tracing import RecordedTracesOnlyProvider
 from service.settings import Settings
@@ -78,7 +82,25 @@ def instrument_server_spans(app: FastAPI, provider: TracerProvider) -> None:
         meter_provider=NoOpMeterProvider(),
         excluded_urls=PROBE_URLS,
         exclude_spans=["receive", "send"],
+        server_request_hook=_mask_credentials_in_url,
     )
+
+
+# The attributes, old and stable names, in which the instrumentation records the request URL.
+_URL_ATTRIBUTES = ("url.path", "url.query", "url.full", "http.target", "http.url")
+
+
+def _mask_credentials_in_url(span: Span, scope: dict[str, Any]) -> None:
+    """A credential pasted into the URL (an API key, a bearer token) is masked in the span, as
+    in the access line: the instrumentation records the path and query as they came."""
+    raw = scope.get("path", "") + "?" + scope.get("query_string", b"").decode("latin-1")
+    if not span.is_recording() or not may_hold_a_secret(raw):
+        return
+    recorded = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = recorded.get(name)
+        if isinstance(value, str) and may_hold_a_secret(value):
+            span.set_attribute(name, redact_text(value))
 
 
 def instrument_redis_client(client: Redis, provider: TracerProvider) -> None:

@@ -40,6 +40,7 @@ from starlette.types import Scope
 
 from service import __version__
 from service.cache.store import RedisStore
+from service.observability.logging import may_hold_a_secret, redact_text
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -148,9 +149,11 @@ class ServerSpans:
         if not inbound and random.random() >= self.root_sample_ratio:  # noqa: S311 (not crypto)
             return None
         # What is known before the app runs is given at the start, where a sampler can see it.
+        path = scope["path"]
         attributes: dict[str, str | int] = {
             "http.request.method": scope["method"],
-            "url.path": scope["path"],
+            # A credential pasted into the path is masked, as in the access line.
+            "url.path": redact_text(path) if may_hold_a_secret(path) else path,
             "url.scheme": scope.get("scheme", "http"),
             "network.protocol.version": scope.get("http_version", "1.1"),
             "http.request_id": request_id,

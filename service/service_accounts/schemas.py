@@ -1,7 +1,7 @@
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from service.auth.scopes import Scope
 from service.schemas import NOT_BLANK_PATTERN, StrictInput, whole_number
@@ -15,6 +15,17 @@ Name = Annotated[
         description="Surrounding whitespace is removed; a name of whitespace only is refused.",
         examples=["deploy-bot"],
     ),
+]
+MAX_KEY_LIFETIME_SECONDS = 5 * 366 * 86_400
+KeyLifetime = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_KEY_LIFETIME_SECONDS,
+        description="Seconds from now until the key stops working; left out: never.",
+        examples=[90 * 86_400],
+    ),
+    BeforeValidator(whole_number),
 ]
 GraceSeconds = Annotated[
     int,
@@ -43,20 +54,12 @@ class ApiKeyCreate(StrictInput):
         Field(
             min_length=1,
             max_length=len(Scope),
-            description="What the key may do. `admin` needs an admin owner.",
+            description="What the key may do, each scope once. `admin` needs an admin owner.",
             examples=[["items:read"]],
+            json_schema_extra={"uniqueItems": True},
         ),
     ]
-    expires_at: Annotated[
-        AwareDatetime | None, Field(description="Never, if left out; else in the future.")
-    ] = None
-
-    @field_validator("expires_at")
-    @classmethod
-    def in_the_future(cls, expires_at: datetime | None) -> datetime | None:
-        if expires_at is not None and expires_at <= datetime.now(UTC):
-            raise ValueError("must be in the future")
-        return expires_at
+    expires_in_seconds: KeyLifetime | None = None
 
     @field_validator("scopes")
     @classmethod

@@ -81,7 +81,9 @@ async def create_key(
     )
     if (active or 0) >= settings.max_keys_per_service_account:
         raise ConflictError(f"At most {settings.max_keys_per_service_account} keys per account.")
-    key, raw = _new_key(account, data.name, [scope.value for scope in data.scopes], data.expires_at)
+    lifetime = data.expires_in_seconds
+    expires_at = None if lifetime is None else utc_now() + timedelta(seconds=lifetime)
+    key, raw = _new_key(account, data.name, [scope.value for scope in data.scopes], expires_at)
     session.add(key)
     await session.commit()
     log.info("api_key_created", api_key_id=key.id, service_account_id=account.id)
