@@ -65,6 +65,58 @@ async def make_item(client: httpx.AsyncClient, account: Account, **fields: Any) 
     return item
 
 
+async def make_service_account(
+    client: httpx.AsyncClient, owner: Account, *, name: str = "deploy-bot"
+) -> dict[str, Any]:
+    response = await client.post(
+        f"{API}/service-accounts", json={"name": name}, headers=owner.headers
+    )
+    assert response.status_code == 201, response.text
+    account: dict[str, Any] = response.json()
+    return account
+
+
+@dataclass
+class IssuedKey:
+    """An API key as its creator sees it, the one time its secret is shown."""
+
+    id: str
+    service_account_id: int
+    key: str
+    scopes: list[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def make_api_key(
+    client: httpx.AsyncClient,
+    owner: Account,
+    *scopes: str,
+    service_account_id: int | None = None,
+    **fields: Any,
+) -> IssuedKey:
+    """A key with ``scopes`` (items:read if none) on one of the owner's service accounts, a new
+    one unless ``service_account_id`` names it."""
+    if service_account_id is None:
+        service_account_id = (await make_service_account(client, owner))["id"]
+    payload = {"name": "ci", "scopes": list(scopes or ["items:read"]), **fields}
+    response = await client.post(
+        f"{API}/service-accounts/{service_account_id}/keys", json=payload, headers=owner.headers
+    )
+    assert response.status_code == 201, response.text
+    return issued_key(response.json())
+
+
+def issued_key(body: dict[str, Any]) -> IssuedKey:
+    """The key in a 201 answer (a new or a rotated key)."""
+    return IssuedKey(
+        id=body["id"],
+        service_account_id=body["service_account_id"],
+        key=body["key"],
+        scopes=body["scopes"],
+        headers={"X-API-Key": body["key"]},
+    )
+
+
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """Every error has one shape: RFC 9457 problem details with a stable code."""
     assert response.status_code == status, response.text

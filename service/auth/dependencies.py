@@ -19,6 +19,7 @@ from service.errors import (
     ForbiddenError,
     InactiveUserError,
     InsufficientScopeError,
+    InvalidApiKeyError,
     InvalidTokenError,
 )
 from service.users.models import Role, User
@@ -65,9 +66,11 @@ async def get_principal(
     closed to API keys (and its OpenAPI operation names the token scheme alone): a key reaches
     only the routes that name a scope, through ``requires``."""
     if claims is None:
-        if API_KEY_HEADER in request.headers:
+        if request.headers.get(API_KEY_HEADER):
             raise InsufficientScopeError("This needs a login session; API keys cannot use it.")
         raise AuthenticationError()
+    if API_KEY_HEADER in request.headers:
+        raise AmbiguousCredentialsError()
     lookup = await auth_cache.read(claims.user_id, claims.session_id)
     principal = await principal_from(
         claims, lookup, open_session=lambda: session, auth_cache=auth_cache
@@ -86,6 +89,8 @@ async def get_caller(
     """A login session or an API key. Only ``requires`` takes this: a key's request is always
     checked against the route's scope."""
     if api_key is None:
+        if API_KEY_HEADER in request.headers:  # sent empty, which APIKeyHeader reads as none
+            raise InvalidApiKeyError()
         return await get_principal(request, claims, session, auth_cache)
     if claims is not None:
         raise AmbiguousCredentialsError()

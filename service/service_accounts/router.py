@@ -1,6 +1,6 @@
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Body, status
 
 from service.auth.dependencies import CurrentPrincipal
 from service.dependencies import AuthCacheDep, SessionDep, SettingsDep
@@ -90,23 +90,27 @@ async def list_keys(account: OwnedAccount, session: SessionDep) -> list[ApiKeyRe
     "/{account_id}/keys/{key_id}/rotate",
     status_code=status.HTTP_201_CREATED,
     summary="Replace a key: a new one now, the old one valid for a grace period",
-    responses={**NOT_FOUND, 409: {"description": "The key is revoked or expired"}},
+    responses={
+        **NOT_FOUND,
+        409: {"description": "The key is revoked, expired or rotated already, or the limit"},
+    },
 )
 async def rotate_key(
-    data: ApiKeyRotate,
     account: OwnedAccount,
     key: OwnedKey,
     session: SessionDep,
     auth_cache: AuthCacheDep,
     settings: SettingsDep,
+    data: Annotated[ApiKeyRotate | None, Body()] = None,
 ) -> ApiKeyCreated:
-    grace = data.grace_seconds
+    grace = None if data is None else data.grace_seconds
     new_key, raw = await service.rotate_key(
         session=session,
         auth_cache=auth_cache,
         account=account,
         key=key,
         grace_seconds=settings.api_keys.rotation_grace_seconds if grace is None else grace,
+        settings=settings.api_keys,
     )
     return ApiKeyCreated(**ApiKeyRead.model_validate(new_key).model_dump(), key=raw)
 

@@ -74,13 +74,7 @@ async def create_key(
     """The new key and its one showing; only the secret's hash is stored."""
     if Scope.admin in data.scopes and not owner.is_admin:
         raise ForbiddenError("Only an admin can give a key the admin scope.")
-    active = await session.scalar(
-        select(func.count())
-        .select_from(ApiKey)
-        .where(ApiKey.service_account_id == account.id, ApiKey.revoked_at.is_(None))
-    )
-    if (active or 0) >= settings.max_keys_per_service_account:
-        raise ConflictError(f"At most {settings.max_keys_per_service_account} keys per account.")
+    await _refuse_past_the_limit(session, account, settings)
     lifetime = data.expires_in_seconds
     expires_at = None if lifetime is None else utc_now() + timedelta(seconds=lifetime)
     key, raw = _new_key(account, data.name, [scope.value for scope in data.scopes], expires_at)
@@ -111,12 +105,23 @@ async def rotate_key(
     account: ServiceAccount,
     key: ApiKey,
     grace_seconds: int,
+    settings: ApiKeySettings,
 ) -> tuple[ApiKey, str]:
     """A new key with the old one's name, scopes and expiry; the old one keeps working for
     ``grace_seconds`` (or until it expires, if that is sooner), so clients can switch over."""
     now = utc_now()
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         raise ConflictError("A revoked or expired key cannot be rotated; create a new one.")
+    successor = select(ApiKey.id).where(
+        ApiKey.service_account_id == account.id, ApiKey.rotated_from_id == key.id
+    )
+    if await session.scalar(successor):
+        raise ConflictError("This key was rotated already; rotate its successor.")
+    # The new key needs a free place while the old one works on; with no grace, it takes the
+    # old one's place.
+    await _refuse_past_the_limit(
+        session, account, settings, leaving=key if grace_seconds == 0 else None
+    )
     new_key, raw = _new_key(account, key.name, key.scopes, key.expires_at)
     new_key.rotated_from_id = key.id
     grace_ends = now + timedelta(seconds=grace_seconds)
@@ -139,6 +144,31 @@ async def revoke_key(
     # invalidation failed still invalidates.
     await auth_cache.invalidate(account.owner_id)
     log.info("api_key_revoked", api_key_id=key.id)
+
+
+async def _refuse_past_the_limit(
+    session: AsyncSession,
+    account: ServiceAccount,
+    settings: ApiKeySettings,
+    *,
+    leaving: ApiKey | None = None,
+) -> None:
+    """409 when the account holds its maximum of keys that still work (a rotated key in its
+    grace period counts; a revoked or expired one does not)."""
+    now = utc_now()
+    working = (
+        select(func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.service_account_id == account.id,
+            ApiKey.revoked_at.is_(None),
+            ApiKey.expires_at.is_(None) | (ApiKey.expires_at > now),
+        )
+    )
+    if leaving is not None:
+        working = working.where(ApiKey.id != leaving.id)
+    if (await session.scalar(working) or 0) >= settings.max_keys_per_service_account:
+        raise ConflictError(f"At most {settings.max_keys_per_service_account} working keys.")
 
 
 def _new_key(
