@@ -457,10 +457,16 @@ async def test_cache_round_trips_are_client_spans_of_the_request(
         exporter.clear()
         assert (await client.get(url, headers=account.headers)).status_code == 200  # cached
     [server] = server_spans(exporter)
-    # Two round trips: the login-session check, then the cached answer.
-    round_trips = [span for span in exporter.get_finished_spans() if span.kind.name == "CLIENT"]
-    assert len(round_trips) == 2
     assert server.context is not None
+    # Two round trips: the login-session check, then the cached answer. (Only this request's:
+    # an earlier write's invalidation, retried in the background when Redis was slow to take
+    # it, ends in its own request's trace.)
+    round_trips = [
+        span
+        for span in exporter.get_finished_spans()
+        if span.kind.name == "CLIENT" and span.context.trace_id == server.context.trace_id
+    ]
+    assert len(round_trips) == 2
     for mget in round_trips:
         assert mget.parent is not None
         assert mget.parent.span_id == server.context.span_id
