@@ -302,6 +302,19 @@ async def test_domain_log_lines_carry_request_and_trace_ids(
     assert re.match(r"^[0-9a-f]{16}$", created["span_id"])
 
 
+async def test_background_work_after_the_response_stays_in_the_requests_trace(
+    client: httpx.AsyncClient, json_logs: LogFile, exporter: InMemorySpanExporter
+) -> None:
+    response = await client.post(
+        f"{API}/auth/register", json={"email": "welcome@example.com", "password": "long-enough-1"}
+    )
+    assert response.status_code == 201
+    [welcome] = [line for line in json_logs.lines() if line["event"] == "welcome_notification_sent"]
+    assert welcome["user_id"] == response.json()["id"]
+    assert welcome["request_id"] == response.headers["x-request-id"]
+    assert welcome["trace_id"] == trace_hex(server_spans(exporter)[-1])
+
+
 API_KEY_SECRET = "S3cretS3cretS3cretS3cretS3cretS3cretS3cret1"
 API_KEY = f"gh_0123456789abcdef_{API_KEY_SECRET}"
 

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Request, Response, status
 
 from service.auth import service
 from service.auth.dependencies import CurrentPrincipal
@@ -26,8 +26,11 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     summary="Create an account",
     responses={409: {"description": "Email already registered"}},
 )
-async def register(data: UserCreate, session: SessionDep, passwords: PasswordsDep) -> UserRead:
+async def register(
+    data: UserCreate, session: SessionDep, passwords: PasswordsDep, background: BackgroundTasks
+) -> UserRead:
     user = await users_service.create_user(session=session, passwords=passwords, data=data)
+    background.add_task(users_service.welcome, user_id=user.id)
     return UserRead.model_validate(user)
 
 

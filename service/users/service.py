@@ -39,6 +39,13 @@ async def create_user(
     return user
 
 
+async def welcome(*, user_id: int) -> None:
+    """Runs after the register response is sent (FastAPI's BackgroundTasks), in the request's
+    trace and log context: where a real service sends its welcome email. BackgroundTasks suit
+    short work whose loss is harmless; work that must survive the worker belongs on a queue."""
+    log.info("welcome_notification_sent", user_id=user_id)
+
+
 async def get_by_email(*, session: AsyncSession, email: str) -> User | None:
     result = await session.scalars(select(User).where(User.email == email.lower()))
     return result.one_or_none()
