@@ -18,12 +18,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth.dependencies import SCOPE_CHECKS, Caller, get_caller, get_principal
 from service.main import create_app
 from service.observability.logging import configure_logging, reset_logging
+from service.service_accounts.models import ApiKey
 from service.settings import ApiKeySettings, HttpSettings, Settings
 from service.users.models import Role
 from tests.conftest import RunningApp, SetRole, make_settings, running_app
@@ -125,6 +126,20 @@ async def test_a_new_key_is_shown_once_and_stored_only_as_a_hash(
     assert row["secret_hash"] == hashlib.sha256(match["secret"].encode()).hexdigest()
     for column, value in row.items():
         assert match["secret"] not in str(value), column
+
+
+async def test_a_stored_scope_this_version_no_longer_knows_grants_nothing(
+    client: httpx.AsyncClient, empty_database: AsyncEngine
+) -> None:
+    owner = await make_account(client)
+    key = await make_api_key(client, owner, "items:read")
+    async with empty_database.begin() as connection:
+        await connection.execute(
+            update(ApiKey).where(ApiKey.id == key.id).values(scopes=["items:read", "retired"])
+        )
+    assert await status_with(client, key) == 200
+    created = await client.post(f"{API}/items", json={"title": "x"}, headers=key.headers)
+    assert_problem(created, 403, "insufficient_scope")
 
 
 async def test_accounts_and_keys_are_their_owners_alone(client: httpx.AsyncClient) -> None:

@@ -34,6 +34,7 @@ from service.users.models import Role, User
 
 log = structlog.get_logger(__name__)
 
+_KNOWN_SCOPES = frozenset(scope.value for scope in Scope)
 # Key ids whose owner this worker knows; beyond this, the least recently used are forgotten.
 _OWNERS_CAPACITY = 10_000
 
@@ -128,7 +129,8 @@ class ApiKeyAuthenticator:
             return "revoked"
         if not owner_active:
             return "inactive"
-        scopes = frozenset(Scope(scope) for scope in key.scopes)
+        # A scope this version no longer knows grants nothing (rather than failing the request).
+        scopes = frozenset(Scope(scope) for scope in key.scopes if scope in _KNOWN_SCOPES)
         # Admin powers need both: an admin owner and a key granted the admin scope.
         admin = owner_role == Role.admin and Scope.admin in scopes
         principal = Principal(
