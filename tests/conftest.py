@@ -3,9 +3,11 @@ after it) with the real Redis as cache, and on the embedded default, SQLite with
 cache. Each test starts from empty tables and its own Redis key prefix."""
 
 import contextlib
+import json
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +25,7 @@ from service.db.migrate import upgrade_to_head
 from service.db.models import Base
 from service.lifespan import AppState
 from service.main import create_app
+from service.observability.logging import configure_logging, reset_logging
 from service.settings import (
     AuthSettings,
     CacheSettings,
@@ -249,3 +252,28 @@ def set_role(update_user: UpdateUser) -> SetRole:
         await update_user(user_id, role=role)
 
     return _set_role
+
+
+class LogFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("logger") == "glasshouse.access"]
+
+
+@pytest.fixture
+def json_logs(tmp_path: Path) -> Iterator[LogFile]:
+    """Production logging (JSON), written to a file this test reads back."""
+    path = tmp_path / "service.log"
+    with path.open("w") as stream:
+        configure_logging(json=True, level="INFO", stream=stream, cache_loggers=False)
+        try:
+            yield LogFile(path)
+        finally:
+            stream.flush()
+            reset_logging()
+            logging.getLogger().handlers.clear()

@@ -4,12 +4,8 @@ rotated, revoked or its owner goes, and its failures are limited, counted and ne
 
 import asyncio
 import hashlib
-import json
-import logging
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,11 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth.dependencies import SCOPE_CHECKS, Caller, get_caller, get_principal
 from service.main import create_app
-from service.observability.logging import configure_logging, reset_logging
 from service.service_accounts.models import ApiKey
 from service.settings import ApiKeySettings, HttpSettings, Settings
 from service.users.models import Role
-from tests.conftest import RunningApp, SetRole, make_settings, running_app
+from tests.conftest import LogFile, RunningApp, SetRole, make_settings, running_app
 from tests.factories import (
     API,
     Account,
@@ -745,32 +740,6 @@ async def test_metrics_count_each_way_in_and_each_failure(client: httpx.AsyncCli
     }
 
 
-class LogFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def text(self) -> str:
-        return self.path.read_text()
-
-    def access_lines(self) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.text().splitlines() if line]
-        return [line for line in lines if line.get("logger") == "glasshouse.access"]
-
-
-@pytest.fixture
-def json_logs(tmp_path: Path) -> Iterator[LogFile]:
-    """Production logging (JSON) into a file this test reads back."""
-    path = tmp_path / "service.log"
-    with path.open("w") as stream:
-        configure_logging(json=True, level="INFO", stream=stream, cache_loggers=False)
-        try:
-            yield LogFile(path)
-        finally:
-            stream.flush()
-            reset_logging()
-            logging.getLogger().handlers.clear()
-
-
 async def test_keys_never_reach_the_log_and_key_requests_name_their_account(
     client: httpx.AsyncClient, json_logs: LogFile
 ) -> None:
@@ -784,7 +753,7 @@ async def test_keys_never_reach_the_log_and_key_requests_name_their_account(
     await client.get(f"{API}/items", headers=new.headers)
     await client.get(f"{API}/items", headers=key.headers)  # refused now
 
-    logged = json_logs.text()
+    logged = json_logs.path.read_text()
     for secret in (key.key, secret_of(key), new.key, secret_of(new), forged):
         assert secret not in logged
     # The requests a key made name its service account in their access line (refused ones

@@ -1,11 +1,10 @@
 """Request IDs, structured logs, metrics and traces, observed in-process: a JSON log stream the
 test owns, an in-memory span exporter, and the app's own /metrics."""
 
-import json
 import logging
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,35 +30,10 @@ from service.observability.logging import (
     write_access_line,
 )
 from service.settings import ObservabilitySettings, Settings
-from tests.conftest import REDIS_URL, STANDARD, make_settings
+from tests.conftest import REDIS_URL, STANDARD, LogFile, make_settings
 from tests.factories import API, make_account, make_item
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
-
-
-class LogFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
-    def access_lines(self) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("logger") == "glasshouse.access"]
-
-
-@pytest.fixture
-def json_logs(tmp_path: Path) -> Iterator[LogFile]:
-    """Production logging (JSON), written to a file this test reads back."""
-    path = tmp_path / "service.log"
-    with path.open("w") as stream:
-        configure_logging(json=True, level="INFO", stream=stream, cache_loggers=False)
-        try:
-            yield LogFile(path)
-        finally:
-            stream.flush()
-            reset_logging()
-            logging.getLogger().handlers.clear()
 
 
 @asynccontextmanager
