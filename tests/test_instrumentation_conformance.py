@@ -61,8 +61,10 @@ DIFFERENTLY_VALUED_SERVER_ATTRIBUTES = {"server.address", "http.request.method"}
 STANDARD_REDIS_SPAN_NAMES = {"EVALSHA reserve": "EVALSHA", "EVALSHA release": "EVALSHA"}
 # Not exercised here, by design of the libraries:
 # - opentelemetry-instrumentation-fastapi patches Starlette's BackgroundTask once per process
-#   to make an INTERNAL span per background task, with the first instrumented app's provider
-#   (the service runs none);
+#   to make an INTERNAL span per background task ("BackgroundTask welcome" after register),
+#   with the first instrumented app's provider, so in a process of many apps it can land in
+#   another app's exporter: such spans are left out below. The lean instrumentation makes none;
+#   the task's log lines carry the request's trace_id in both (tests/test_observability.py);
 # - a request the ratio sampler skips still has a (non-recording) span with a trace ID, so its
 #   access line and traceresponse header name a trace that is not exported; the lean sampler
 #   decides before anything exists, and such a request has none (tests/test_observability.py);
@@ -300,7 +302,8 @@ def test_the_same_server_spans(runs: dict[Mode, Run]) -> None:
     for run_ in (lean, standard):
         server = [span for span in run_.spans if span.kind.name == "SERVER"]
         assert sorted(str(span.attributes["http.request_id"]) for span in server) == sorted(traced)  # type: ignore[index]
-        assert not [span for span in run_.spans if span.kind.name == "INTERNAL"]
+        internal = [span for span in run_.spans if span.kind.name == "INTERNAL"]
+        assert not [span for span in internal if not is_background_task(span)]
     extra: set[str] = set()
     for key in traced:
         ours, theirs = lean.server_span(key), standard.server_span(key)
@@ -345,6 +348,10 @@ def test_the_same_server_spans(runs: dict[Mode, Run]) -> None:
     assert standard.server_span("forwarded").attributes["client.port"] == 0  # type: ignore[index]
 
 
+def is_background_task(span: ReadableSpan) -> bool:
+    return span.kind.name == "INTERNAL" and span.name.startswith("BackgroundTask ")
+
+
 def child_view(run_: Run, key: str) -> list[tuple[str, str]]:
     """The request's child spans as (kind, what): SQL spans by statement (their names carry the
     database's, one per run), Redis spans by name, in the standard spelling."""
@@ -352,6 +359,8 @@ def child_view(run_: Run, key: str) -> list[tuple[str, str]]:
     assert server.context is not None
     view = []
     for span in run_.children(server):
+        if is_background_task(span):
+            continue
         assert span.context is not None
         assert span.context.trace_id == server.context.trace_id
         assert span.attributes is not None
