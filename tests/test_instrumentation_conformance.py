@@ -207,7 +207,8 @@ async def exercise(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
     await send("forwarded", "GET", f"{API}/info", headers={"X-Forwarded-For": "203.0.113.9"})
     await send("delete", "DELETE", item_url, headers=auth)
     for probe in ("/health/live", "/health/ready", "/health/startup", "/metrics"):
-        assert (await send("probe" + probe.replace("/", "-"), "GET", probe)).status_code == 200
+        answer = await send("probe" + probe.replace("/", "-"), "GET", probe)
+        assert answer.status_code == 200, (probe, answer.text)
     return responses
 
 

@@ -1,5 +1,6 @@
 """Apply Alembic migrations from inside the service (the embedded default does this itself)."""
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,8 +68,15 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
         await connection.run_sync(upgrade)
 
 
+@functools.cache
+def _head_revisions() -> frozenset[str]:
+    """Read once: the migration files do not change while the process runs, and parsing them
+    on every startup probe blocked the event loop."""
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
 async def is_at_head(engine: AsyncEngine) -> bool:
-    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    heads = _head_revisions()
 
     def current(connection: Connection) -> set[str]:
         return set(MigrationContext.configure(connection).get_current_heads())
