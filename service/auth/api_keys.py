@@ -18,6 +18,7 @@ from typing import NoReturn
 import orjson
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.auth.metrics import API_KEY_FAILURES
@@ -183,7 +184,8 @@ class ApiKeyAuthenticator:
                     .values(last_used_at=used_at)
                 )
                 await session.commit()
-        except Exception as error:
+        except (SQLAlchemyError, OSError, TimeoutError) as error:
+            # Only logged: the next use after the resolution writes it again.
             log.warning("api_key_last_used_not_written", error=type(error).__name__)
 
     async def close(self) -> None:
