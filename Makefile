@@ -4,7 +4,7 @@ UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install tools run test test-standard lint format typecheck check migrate bench bench-inprocess bench-instructions bench-parts load drills fuzz
+.PHONY: help uv install tools run worker test test-standard lint format typecheck check migrate bench bench-inprocess bench-instructions bench-parts load drills fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ tools: uv  ## Install the non-Python tools the tests use (Debian's prometheus/pr
 
 run: install  ## Run the service on the embedded default (SQLite, no servers needed)
 	$(RUN) python -m service
+
+worker: install  ## Run a job worker (needs REDIS_URL and DATABASE_URL; without Redis, jobs run in the app)
+	$(RUN) python -m service.jobs
 
 test: install tools  ## Run the whole test suite (PostgreSQL on 127.0.0.1:5432 and SQLite) with coverage
 	$(RUN) pytest --cov --cov-report=term --cov-fail-under=90

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, cast
 
 import sqlalchemy.exc
@@ -19,10 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.auth.rate_limit import LoginRateLimiter
 from service.auth.security import AccessTokenCodec, PasswordHasher
+from service.auth.stream_tickets import StreamTickets
 from service.cache.declared import AnswerCache
 from service.cache.scoped import UserScopedCache
 from service.cache.setup import Caches
+from service.jobs.setup import Jobs
 from service.lifespan import AppState
+from service.observability.jobs import current_traceparent
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -102,6 +106,36 @@ async def get_caches(request: Request) -> Caches:
     return state_of(request)["caches"]
 
 
+async def get_read_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    """For a response that reads the database after it has started (an event stream): the
+    request's own session is closed by then."""
+    return state_of(request)["read_sessionmaker"]
+
+
+async def get_stream_tickets(request: Request) -> StreamTickets:
+    state = state_of(request)
+    return StreamTickets(state["caches"].store, state["settings"].auth.stream_ticket_ttl_seconds)
+
+
+async def get_jobs(request: Request) -> Jobs:
+    return state_of(request)["jobs"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobOrigin:
+    """The request a job is started by: its job's logs and trace join this request's."""
+
+    request_id: str | None
+    traceparent: str | None
+
+
+async def get_job_origin(request: Request) -> JobOrigin:
+    return JobOrigin(
+        request_id=request.scope.get("state", {}).get("request_id"),
+        traceparent=current_traceparent(),
+    )
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_from_state)]
 PasswordsDep = Annotated[PasswordHasher, Depends(get_passwords)]
@@ -110,3 +144,7 @@ AuthCacheDep = Annotated[UserScopedCache, Depends(get_auth_cache)]
 AnswerCacheDep = Annotated[AnswerCache, Depends(get_answer_cache)]
 CachesDep = Annotated[Caches, Depends(get_caches)]
 LoginLimiterDep = Annotated[LoginRateLimiter, Depends(get_login_limiter)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
+ReadSessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_read_sessionmaker)]
+StreamTicketsDep = Annotated[StreamTickets, Depends(get_stream_tickets)]
+JobOriginDep = Annotated[JobOrigin, Depends(get_job_origin)]

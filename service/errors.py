@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from service.routing import NumericIdRoute
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://glasshouse.dev/problems/"
 
@@ -164,6 +166,18 @@ class PayloadTooLargeError(AppError):
     title = "Request body too large"
 
 
+class UnsupportedMediaTypeError(AppError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class GoneError(AppError):
+    status = 410
+    code = "gone"
+    title = "Gone"
+
+
 _HTTP_STATUS_CODES: dict[int, tuple[str, str]] = {
     400: ("bad_request", "Bad request"),
     401: ("not_authenticated", "Not authenticated"),
@@ -289,7 +303,11 @@ def _allowed_methods(request: Request) -> list[str]:
     allowed: set[str] = set()
     probe = {**request.scope, "method": "__none__"}
     for matcher, route in _flat_routes(request.app.router.routes):
-        match, _ = matcher.matches(probe)
+        match, child_scope = matcher.matches(probe)
+        if isinstance(route, NumericIdRoute) and not route.accepts(
+            child_scope.get("path_params", {})
+        ):
+            continue
         if match is not Match.NONE:
             allowed |= set(getattr(route, "methods", None) or ())
     if "GET" in allowed:

@@ -23,8 +23,10 @@ from service.cache.setup import Caches, build_caches
 from service.db.migrate import upgrade_to_head
 from service.db.session import create_engine, create_read_sessionmaker, create_sessionmaker
 from service.health.lifecycle import Lifecycle
+from service.jobs.setup import Jobs, start_jobs
 from service.observability import setup as observability
 from service.settings import Settings
+from service.tasks import JOB_HANDLERS
 from service.users.service import ensure_bootstrap_admin
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,7 @@ class AppState(TypedDict):
     passwords: PasswordHasher
     access_tokens: AccessTokenCodec
     api_keys: ApiKeyAuthenticator
+    jobs: Jobs
 
 
 def make_lifespan(
@@ -55,6 +58,7 @@ def make_lifespan(
         observability.observe_cache(app, caches, settings, tracer_provider)
         passwords = PasswordHasher(settings.auth)
         api_keys: ApiKeyAuthenticator | None = None
+        jobs: Jobs | None = None
         try:
             await _wait_for_database(engine, settings)
             if settings.should_auto_migrate:
@@ -70,6 +74,13 @@ def make_lifespan(
                 ),
                 sessionmaker,
             )
+            jobs = await start_jobs(
+                settings,
+                sessionmaker,
+                JOB_HANDLERS,
+                answers=caches.answers,
+                tracer_provider=tracer_provider,
+            )
             yield AppState(
                 settings=settings,
                 lifecycle=lifecycle,
@@ -81,10 +92,13 @@ def make_lifespan(
                 passwords=passwords,
                 access_tokens=AccessTokenCodec(settings.auth),
                 api_keys=api_keys,
+                jobs=jobs,
             )
         finally:
             lifecycle.begin_draining()
             passwords.close()
+            if jobs is not None:
+                await jobs.close()
             if api_keys is not None:
                 await api_keys.close()
             await caches.close()

@@ -10,6 +10,7 @@ from service import __version__, api, api_docs
 from service.cache.responses import CachedAnswerHeaders
 from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
+from service.jobs.uploads import ENVELOPE_BYTES
 from service.lifespan import make_lifespan
 from service.middleware import (
     BodySizeLimitMiddleware,
@@ -59,7 +60,13 @@ def create_app(
     # metrics, logs, last-resort 500) -> CORS -> body size limit -> cached answers' ETag and
     # 304 -> routes.
     app.add_middleware(CachedAnswerHeaders)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.http.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.http.max_body_bytes,
+        path_limits={
+            path: settings.jobs.max_upload_bytes + ENVELOPE_BYTES for path in api.UPLOAD_PATHS
+        },
+    )
     if settings.http.cors_origins:
         app.add_middleware(
             CORSMiddleware,

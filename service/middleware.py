@@ -1,6 +1,6 @@
 """Pure ASGI middleware that is not observability (that lives in service/observability)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from ipaddress import ip_address, ip_network
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,24 +17,28 @@ class BodySizeLimitMiddleware:
     raised while it reads the body into a 400).
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
+        """``path_limits``: other limits for some paths (an upload route's own, larger one)."""
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         declared, chunked = _declared_body(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, send)
+        if declared is not None and declared > max_bytes:
+            await self._refuse(scope, send, max_bytes)
             return
         if not chunked:
             # The server reads exactly the declared length (none: no body at all), so there
             # is nothing to count; most requests pass without two more wrappers.
             await self.app(scope, receive, send)
             return
-        max_bytes = self.max_bytes
         received = 0
         refused = False
 
@@ -47,7 +51,7 @@ class BodySizeLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > max_bytes:
                     refused = True
-                    await self._refuse(scope, send)
+                    await self._refuse(scope, send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -57,8 +61,8 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, limited_receive, send_unless_refused)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        error = PayloadTooLargeError(f"The body exceeds {self.max_bytes} bytes.")
+    async def _refuse(self, scope: Scope, send: Send, max_bytes: int) -> None:
+        error = PayloadTooLargeError(f"The body exceeds {max_bytes} bytes.")
         request_id = scope.get("state", {}).get("request_id")
         status, headers, body = raw_problem(error, path=scope["path"], request_id=request_id)
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_PAGE_SIZE = 100
 MAX_OFFSET = 100_000
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and would overflow the driver
+MAX_JSON_INTEGER = 2**53 - 1  # the largest integer every JSON parser keeps exact (I-JSON)
 NO_NUL_PATTERN = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
 # What str.strip() removes (str.isspace()), spelled so that JSON Schema's regex dialect and
 # pydantic's agree.

@@ -124,6 +124,10 @@ class AuthSettings(BaseModel):
             "503 with Retry-After at once (each holds argon2's memory and a core).",
         ),
     ] = 2
+    stream_ticket_ttl_seconds: Annotated[
+        int,
+        Field(ge=1, le=300, description="Lifetime of a single-use ticket for an event stream."),
+    ] = 30
     bootstrap_admin_email: Annotated[
         str | None, Field(description="Create (or promote) this admin at startup if set.")
     ] = None
@@ -167,6 +171,90 @@ class ApiKeySettings(BaseModel):
             "limit's window; past it, 429. Keyed by address only, so nobody can lock a key out.",
         ),
     ] = 50
+
+
+class JobsSettings(BaseModel):
+    """Background jobs on a taskiq queue over Redis; in-process without Redis (docs/jobs.md)."""
+
+    broker: Annotated[
+        Literal["redis", "in_process"] | None,
+        Field(
+            description="redis: a Redis stream, run by worker processes (python -m "
+            "service.jobs). in_process: inside the API's own processes. Unset: redis when "
+            "redis_url is set."
+        ),
+    ] = None
+    queue_name: Annotated[str, Field(description="Redis stream the jobs travel on.")] = (
+        "glasshouse:jobs"
+    )
+    max_attempts: Annotated[
+        int, Field(ge=1, le=20, description="Attempts per job before it is marked failed.")
+    ] = 3
+    retry_delay_seconds: Annotated[
+        float,
+        Field(gt=0, description="Wait before the first retry; doubled for each attempt after."),
+    ] = 2.0
+    retry_max_delay_seconds: Annotated[
+        float, Field(gt=0, description="Cap on the wait between attempts.")
+    ] = 60.0
+    time_limit_seconds: Annotated[
+        float, Field(gt=0, description="One attempt of a job running longer fails (and retries).")
+    ] = 600.0
+    lease_seconds: Annotated[
+        float,
+        Field(
+            ge=3,
+            description="A running job's lease, renewed by its worker a third of the way in: a "
+            "dead worker's job is requeued once the lease lapses.",
+        ),
+    ] = 20.0
+    sweep_interval_seconds: Annotated[
+        float,
+        Field(gt=0, description="How often the sweeper requeues lapsed and due jobs."),
+    ] = 5.0
+    leader_lock_seconds: Annotated[
+        float,
+        Field(
+            ge=2,
+            description="The sweeper's lock in Redis: one worker sweeps and exports the queue's "
+            "gauges; another takes over this long after it dies.",
+        ),
+    ] = 15.0
+    concurrency: Annotated[
+        int, Field(ge=1, description="Jobs one worker process runs at once.")
+    ] = 4
+    shutdown_wait_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="On SIGTERM, time for running jobs to finish; unfinished ones are "
+            "requeued for another worker.",
+        ),
+    ] = 20.0
+    worker_metrics_port: Annotated[
+        int,
+        Field(ge=0, le=65_535, description="The worker's /metrics and /livez (0: no listener)."),
+    ] = 9101
+    files_dir: Annotated[
+        str,
+        Field(
+            description="Where exports and uploads are stored: a directory every API and "
+            "worker pod mounts (ReadWriteMany)."
+        ),
+    ] = "./var/files"
+    file_ttl_seconds: Annotated[
+        int, Field(ge=60, description="An export's file is deleted this long after it is made.")
+    ] = 86_400
+    max_upload_bytes: Annotated[
+        int, Field(ge=1, description="Largest import file accepted (413 past it).")
+    ] = 50 * 1024 * 1024
+    import_batch_size: Annotated[
+        int,
+        Field(ge=1, le=10_000, description="Imported rows committed together with the checkpoint."),
+    ] = 500
+    events_heartbeat_seconds: Annotated[
+        float, Field(gt=0, description="Comment lines on an idle event stream, for proxies.")
+    ] = 15.0
 
 
 class HttpSettings(BaseModel):
@@ -487,6 +575,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     api_keys: ApiKeySettings = ApiKeySettings()
+    jobs: JobsSettings = JobsSettings()
     http: HttpSettings = HttpSettings()
     redis_url: Annotated[
         str | None,
@@ -571,6 +660,12 @@ class Settings(BaseSettings):
         if self.otel.sdk_disabled:
             return False
         return bool(self.otel.exporter_otlp_endpoint or self.otel.exporter_otlp_traces_endpoint)
+
+    @property
+    def jobs_in_process(self) -> bool:
+        if self.jobs.broker is not None:
+            return self.jobs.broker == "in_process" or not self.redis_url
+        return not self.redis_url
 
     @property
     def api_docs_enabled(self) -> bool:

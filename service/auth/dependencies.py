@@ -2,7 +2,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +12,8 @@ from service.auth.principal import Principal
 from service.auth.scopes import Scope
 from service.auth.security import AccessClaims
 from service.cache.scoped import Lookup, UserScopedCache
-from service.dependencies import AuthCacheDep, SessionDep, state_of
+from service.db.base import utc_now
+from service.dependencies import AuthCacheDep, SessionDep, StreamTicketsDep, state_of
 from service.errors import (
     AmbiguousCredentialsError,
     AuthenticationError,
@@ -183,3 +184,50 @@ async def require_admin(
 
 
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+
+
+async def get_items_stream_reader(
+    request: Request,
+    claims: AccessClaimsDep,
+    api_key: ApiKeyDep,
+    session: SessionDep,
+    auth_cache: AuthCacheDep,
+    tickets: StreamTicketsDep,
+    ticket: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=100,
+            description="A single-use ticket from POST /api/v1/auth/stream-tickets, for a "
+            "browser's EventSource (which cannot send headers). Other clients send their "
+            "Authorization header or API key as for any request.",
+        ),
+    ] = None,
+) -> Principal:
+    """An event stream's reader, with the items:read scope: by the usual credentials, or by a
+    ticket that stands for the login session that took it."""
+    if ticket is None:
+        principal = await get_caller(request, claims, api_key, session, auth_cache)
+    else:
+        if claims is not None or api_key is not None:
+            raise AmbiguousCredentialsError()
+        user_id, session_id = await tickets.redeem(ticket)
+        ticket_claims = AccessClaims(
+            user_id=user_id,
+            session_id=session_id,
+            token_id="stream-ticket",  # noqa: S106 (a label, not a secret)
+            expires_at=utc_now(),
+        )
+        principal = await principal_from(
+            ticket_claims,
+            await auth_cache.read(user_id, session_id),
+            open_session=lambda: session,
+            auth_cache=auth_cache,
+        )
+    if not principal.allows(Scope.items_read):
+        raise InsufficientScopeError(f"This needs the {Scope.items_read.value} scope.")
+    return principal
+
+
+SCOPE_CHECKS[get_items_stream_reader] = Scope.items_read
+ItemsStreamReader = Annotated[Principal, Depends(get_items_stream_reader)]

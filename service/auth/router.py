@@ -4,7 +4,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Form, Request, Response
 
 from service.auth import service
 from service.auth.dependencies import CurrentPrincipal
-from service.auth.schemas import LoginForm, RefreshRequest, TokenPair
+from service.auth.schemas import LoginForm, RefreshRequest, StreamTicket, TokenPair
 from service.dependencies import (
     AccessTokensDep,
     AuthCacheDep,
@@ -12,6 +12,7 @@ from service.dependencies import (
     PasswordsDep,
     SessionDep,
     SettingsDep,
+    StreamTicketsDep,
 )
 from service.errors import ForbiddenError
 from service.users import service as users_service
@@ -111,3 +112,17 @@ async def logout(
         session_id=principal.session_id,
         user_id=principal.id,
     )
+
+
+@router.post(
+    "/stream-tickets",
+    status_code=status.HTTP_201_CREATED,
+    summary="A single-use ticket to open an event stream from a browser (EventSource cannot "
+    "send an Authorization header; an access token never goes in a URL)",
+    dependencies=[Depends(no_store)],
+)
+async def create_stream_ticket(
+    principal: CurrentPrincipal, tickets: StreamTicketsDep
+) -> StreamTicket:
+    ticket = await tickets.issue(principal)
+    return StreamTicket(ticket=ticket, expires_in=tickets.ttl_seconds)

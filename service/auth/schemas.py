@@ -29,3 +29,8 @@ class LoginForm(BaseModel):
     username: Annotated[str, Field(description="The account's email.")]
     password: Annotated[str, Field(json_schema_extra={"format": "password"})]
     scope: str = ""
+
+
+class StreamTicket(BaseModel):
+    ticket: str = Field(description="Pass as ?ticket= to an event stream, once.")
+    expires_in: int = Field(description="Seconds the ticket stays valid.")

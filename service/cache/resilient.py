@@ -230,6 +230,20 @@ class Cache:
         if store is not None:
             await self._call(lambda: store.release(keys))
 
+    async def put(self, key: str, value: bytes, ttl_seconds: int) -> bool:
+        """One entry; whether it was stored (a caller that needs it refuses without it)."""
+        store = self.store
+        if store is None:
+            return False
+        return await self._write([key], lambda: store.set_many({key: value}, ttl_seconds))
+
+    async def take(self, key: str) -> bytes | None:
+        """Reads and removes one entry in one step; None if absent or the store is away."""
+        store = self.store
+        if store is None:
+            return None
+        return (await self._call(lambda: store.take(key)))[1]
+
     async def delete(self, key: str) -> None:
         store = self.store
         if store is not None:

@@ -71,6 +71,12 @@ class RedisStore(RedisBackend):
                     pipe.set(key, value, ex=ttl_seconds)
                 await pipe.execute()
 
+    async def take(self, key: str) -> bytes | None:
+        """The value, removed in the same step: whoever takes it is the only one."""
+        with self.round_trip("GETDEL", 1):
+            value = await self.client.getdel(key)
+        return value.encode() if isinstance(value, str) else value
+
     async def delete(self, key: str) -> None:
         with self.round_trip("DEL", 1):
             await self.client.delete(key)
@@ -152,6 +158,11 @@ class MemoryStore(Backend):
     async def set_many(self, items: dict[str, bytes], ttl_seconds: int) -> None:
         for key, value in items.items():
             await self.set(key, value, ttl_seconds)
+
+    async def take(self, key: str) -> bytes | None:
+        entry = self._live(key)
+        self._entries.pop(key, None)
+        return entry.value if entry else None
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)

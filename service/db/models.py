@@ -3,6 +3,7 @@
 from service.auth.models import AuthSession, RefreshToken
 from service.db.base import Base
 from service.items.models import Item
+from service.jobs.models import Job
 from service.service_accounts.models import ApiKey, ServiceAccount
 from service.users.models import User
 
@@ -11,6 +12,7 @@ __all__ = [
     "AuthSession",
     "Base",
     "Item",
+    "Job",
     "RefreshToken",
     "ServiceAccount",
     "User",

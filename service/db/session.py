@@ -123,4 +123,7 @@ def create_read_sessionmaker(
 def _enable_sqlite_foreign_keys(dbapi_connection: DBAPIConnection, _: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Write-ahead logging: a long read (an export streaming its rows) no longer blocks the
+    # writes beside it (its progress, other requests). In-memory databases keep their mode.
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()

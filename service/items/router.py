@@ -10,9 +10,11 @@ from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
 from service.items.schemas import ItemCreate, ItemRead, ItemSort, ItemUpdate
 from service.items.service import ITEMS_CACHE, ItemFilters
+from service.routing import NumericIdRoute
 from service.schemas import MAX_ID, NO_NUL_PATTERN, Page, PageParams, page_params
 
-router = APIRouter(prefix="/items", tags=["items"])
+# /items/exports and /items/imports (service/item_files) are not item ids.
+router = APIRouter(prefix="/items", tags=["items"], route_class=NumericIdRoute)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such item, or not yours"}}
 CACHED: dict[int | str, dict[str, Any]] = {

@@ -100,6 +100,22 @@ async def delete_item(*, session: AsyncSession, cache: AnswerCache, item: Item) 
     ITEMS_DELETED.inc()
 
 
+async def count_visible_items(
+    *, session: AsyncSession, viewer: Principal, filters: ItemFilters
+) -> int:
+    total = await session.scalar(
+        _filtered(select(func.count()).select_from(Item), viewer=viewer, filters=filters)
+    )
+    return total or 0
+
+
+def visible_items(
+    *, viewer: Principal, filters: ItemFilters, sort: ItemSort
+) -> Select[tuple[Item]]:
+    """Every item the viewer may see that passes the filters, in the sort's order (exports)."""
+    return _filtered(select(Item), viewer=viewer, filters=filters).order_by(*_ORDERINGS[sort])
+
+
 def _filtered(query: _Query, *, viewer: Principal, filters: ItemFilters) -> _Query:
     if not viewer.is_admin:
         query = query.where(Item.owner_id == viewer.id)

@@ -130,6 +130,12 @@ def observe_engine(
         _sample_pool(engine, settings, http_metrics)
 
 
+def observe_worker_engine(engine: AsyncEngine, provider: TracerProvider | None) -> None:
+    """The job worker's database: SQL spans under the job's span."""
+    if provider is not None:
+        tracing.instrument_engine(engine, provider)
+
+
 def observe_cache(
     app: FastAPI, caches: Caches, settings: Settings, provider: TracerProvider | None
 ) -> None:

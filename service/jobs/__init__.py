@@ -1,0 +1,1 @@
+"""Background jobs: a row per job (state, progress, result), run by a taskiq worker."""
