@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from service.settings import (
     CacheSettings,
     DatabaseSettings,
     Environment,
+    JobsSettings,
     ObservabilitySettings,
     Settings,
 )
@@ -151,6 +153,15 @@ def make_settings(database_url: str, redis_url: str | None = None, **overrides: 
     if "instrumentation" not in observability.model_fields_set:
         observability = observability.model_copy(update={"instrumentation": TEST_INSTRUMENTATION})
     cache = overrides.pop("cache", None) or CacheSettings()
+    # Jobs run inside the app unless a test starts a worker; each call has its own queue and
+    # file directory.
+    jobs = overrides.pop("jobs", None) or JobsSettings(broker="in_process")
+    jobs_defaults: dict[str, Any] = {}
+    if "queue_name" not in jobs.model_fields_set:
+        jobs_defaults["queue_name"] = f"gh-test-jobs-{uuid.uuid4().hex}"
+    if "files_dir" not in jobs.model_fields_set:
+        jobs_defaults["files_dir"] = tempfile.mkdtemp(prefix="gh-test-files-")
+    jobs = jobs.model_copy(update=jobs_defaults)
     if cache.key_prefix == CacheSettings().key_prefix:
         cache = cache.model_copy(update={"key_prefix": f"gh-test-{uuid.uuid4().hex}"})
     return Settings(
@@ -161,6 +172,7 @@ def make_settings(database_url: str, redis_url: str | None = None, **overrides: 
             "redis_url": redis_url,
             "auth": auth,
             "cache": cache,
+            "jobs": jobs,
             "observability": observability,
             "auto_migrate": False,
             **overrides,

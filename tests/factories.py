@@ -1,5 +1,6 @@
 """Test data made through the public API, the way a client would make it."""
 
+import asyncio
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,3 +132,32 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert body["detail"]
     assert body["instance"] == response.request.url.path
     return body
+
+
+async def wait_for_job(
+    client: httpx.AsyncClient,
+    account: Account,
+    job_id: int,
+    *,
+    until: tuple[str, ...] = ("succeeded", "failed"),
+    timeout_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """Polls the job until its status is one of ``until`` (a generous bound, not a timing)."""
+    deadline = asyncio.get_running_loop().time() + timeout_seconds
+    while True:
+        response = await client.get(f"{API}/jobs/{job_id}", headers=account.headers)
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        if job["status"] in until:
+            return job
+        assert asyncio.get_running_loop().time() < deadline, f"job stuck: {job}"
+        await asyncio.sleep(0.05)
+
+
+async def finished_job(
+    client: httpx.AsyncClient, account: Account, path: str, **request: Any
+) -> dict[str, Any]:
+    """Starts a job with a POST to ``path`` and waits for it to end (jobs run in the app)."""
+    response = await client.post(f"{API}{path}", headers=account.headers, **request)
+    assert response.status_code in (200, 202), response.text
+    return await wait_for_job(client, account, response.json()["id"])

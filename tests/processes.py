@@ -348,3 +348,88 @@ def running_embedded_service(workdir: Path) -> Iterator[tuple[str, subprocess.Po
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+@dataclass
+class JobWorker:
+    """``python -m service.jobs``: taskiq's worker (a parent and its one worker process)."""
+
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def alive(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/livez", timeout=2).is_success
+        except httpx.TransportError:
+            return False
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
+
+    def kill(self) -> None:
+        """SIGKILL to the parent and its worker at once, as when a node dies."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """``sig`` to the parent, as Kubernetes sends it; the parent passes it on."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def running_job_worker(
+    database_url: str, redis_url: str, tmp_path: Path, **settings: str
+) -> Iterator[JobWorker]:
+    """The job worker as the README starts it, until its liveness check answers."""
+    metrics_port = free_port()
+    env = {
+        **base_env(),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "GLASSHOUSE_ENVIRONMENT": "production",
+        "GLASSHOUSE_AUTH__JWT_SECRET": TEST_JWT_SECRET,
+        "GLASSHOUSE_JOBS__WORKER_METRICS_PORT": str(metrics_port),
+        "GLASSHOUSE_OBSERVABILITY__METRICS_HOST": "127.0.0.1",
+        **settings,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log_path = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.jobs"],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() reaches parent and worker
+        )
+        worker = JobWorker(process, metrics_port, log_path)
+        try:
+            deadline = time.monotonic() + 30
+            while not worker.alive():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the job worker did not start:\n{worker.logs()}")
+                time.sleep(0.1)
+            yield worker
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)

@@ -17,7 +17,13 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.auth.dependencies import SCOPE_CHECKS, Caller, get_caller, get_principal
+from service.auth.dependencies import (
+    SCOPE_CHECKS,
+    Caller,
+    get_caller,
+    get_items_stream_reader,
+    get_principal,
+)
 from service.main import create_app
 from service.service_accounts.models import ApiKey
 from service.settings import ApiKeySettings, HttpSettings, Settings
@@ -839,7 +845,10 @@ def test_openapi_offers_the_key_scheme_exactly_where_keys_are_accepted() -> None
         for method in route.methods or ():
             security = document["paths"][path][method.lower()].get("security")
             expected: list[dict[str, list[str]]] | None
-            if reaches(route.dependant, get_caller):
+            # An event stream's reader takes the same credentials (or a ticket, not a scheme).
+            if reaches(route.dependant, get_caller) or reaches(
+                route.dependant, get_items_stream_reader
+            ):
                 expected = both
             elif reaches(route.dependant, get_principal):  # login sessions only
                 expected = [{"OAuth2PasswordBearer": []}]

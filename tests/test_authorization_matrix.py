@@ -7,6 +7,7 @@ user's columns show what a credential may do for its owner and the admin's colum
 admin may do to someone else's. Every request is valid apart from its credential: an answer
 is about authorization alone."""
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.factories import (
     DEFAULT_PASSWORD,
     Account,
     assert_problem,
+    finished_job,
     login,
     make_account,
     make_api_key,
@@ -68,6 +70,13 @@ MATRIX: dict[tuple[str, str], tuple[Outcome, ...]] = {
     ("GET", "/items/{item_id}"):      (LOGIN,  200,    200,    200,    200,    200,    HIDDEN),
     ("PATCH", "/items/{item_id}"):    (LOGIN,  200,    200,    SCOPE,  200,    200,    HIDDEN),
     ("DELETE", "/items/{item_id}"):   (LOGIN,  204,    204,    SCOPE,  204,    204,    HIDDEN),
+    ("POST", "/items/exports"):       (LOGIN,  202,    202,    202,    202,    202,    202),
+    ("POST", "/items/imports"):       (LOGIN,  202,    202,    SCOPE,  202,    202,    202),
+    # Jobs and their files are their owner's alone: to an admin too, another's is a 404.
+    ("GET", "/jobs/{job_id}"):        (LOGIN,  200,    200,    200,    HIDDEN, HIDDEN, HIDDEN),
+    ("GET", "/jobs/{job_id}/file"):   (LOGIN,  200,    200,    200,    HIDDEN, HIDDEN, HIDDEN),
+    ("GET", "/jobs/{job_id}/events"): (LOGIN,  200,    200,    200,    HIDDEN, HIDDEN, HIDDEN),
+    ("POST", "/auth/stream-tickets"): (LOGIN,  201,    SCOPE,  SCOPE,  201,    SCOPE,  SCOPE),
     ("POST", "/auth/register"):       (201,    201,    201,    201,    201,    201,    201),
     ("POST", "/auth/token"):          (200,    200,    200,    200,    200,    200,    200),
     ("POST", "/auth/refresh"):        (200,    200,    200,    200,    200,    200,    200),
@@ -108,6 +117,7 @@ class World:
     user: Account  # owns everything the paths name
     item_id: int
     account_id: int
+    job_id: int  # a finished export
 
 
 async def persona(world: World, credential: Credential, *, fresh: bool = False) -> Account | None:
@@ -141,11 +151,18 @@ async def request_for(world: World, method: str, template: str) -> dict[str, Any
         "item_id": world.item_id,
         "user_id": user.id,
         "account_id": world.account_id,
+        "job_id": world.job_id,
     }
     request: dict[str, Any] = {}
     match method, template:
         case ("POST", "/items"):
             request["json"] = {"title": "Prune the roses"}
+        case ("POST", "/items/exports"):
+            request["json"] = {"format": "json"}
+        case ("POST", "/items/imports"):
+            # New content each time: the same file again would answer with its first job.
+            content = f"title\nMatrix {uuid.uuid4()}\n".encode()
+            request["files"] = {"file": ("items.csv", content, "text/csv")}
         case ("PATCH", "/items/{item_id}"):
             request["json"] = {"priority": 1}
         case ("DELETE", "/items/{item_id}"):
@@ -194,7 +211,8 @@ async def test_who_may_do_what(client: httpx.AsyncClient, set_role: SetRole, col
     user = await make_account(client)
     item = await make_item(client, user)
     account = await make_service_account(client, user)
-    world = World(client, set_role, user, item["id"], account["id"])
+    export = await finished_job(client, user, "/items/exports", json={"format": "csv"})
+    world = World(client, set_role, user, item["id"], account["id"], export["id"])
     headers = await headers_of(world, credential, await persona(world, credential))
 
     observed: dict[tuple[str, str], Outcome] = {}
