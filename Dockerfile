@@ -55,6 +55,7 @@ WORKDIR /app
 # Everything the service writes goes to /tmp and /run/glasshouse: volumes in Kubernetes
 # (emptyDir) and compose (tmpfs), so the root filesystem can be read-only. The metrics
 # directory is a subdirectory because gunicorn empties it by deleting and re-creating it.
+# Job files go to /var/lib/glasshouse/files, a volume the API and the workers share.
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -66,12 +67,16 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     GLASSHOUSE_OBSERVABILITY__METRICS_HOST=0.0.0.0 \
     GLASSHOUSE_OBSERVABILITY__METRICS_PORT=9100 \
     GLASSHOUSE_OBSERVABILITY__METRICS_DIR=/run/glasshouse/metrics \
-    GLASSHOUSE_OBSERVABILITY__LOG_FORMAT=json
-VOLUME ["/tmp", "/run/glasshouse"]
+    GLASSHOUSE_OBSERVABILITY__LOG_FORMAT=json \
+    GLASSHOUSE_JOBS__FILES_DIR=/var/lib/glasshouse/files \
+    GLASSHOUSE_JOBS__WORKER_METRICS_PORT=9101
+RUN mkdir -p /var/lib/glasshouse/files && chown 10001:10001 /var/lib/glasshouse/files
+VOLUME ["/tmp", "/run/glasshouse", "/var/lib/glasshouse/files"]
 
 USER 10001:10001
-# 8000: the API (gunicorn); 9100: /metrics, served by the gunicorn master for all workers.
-EXPOSE 8000 9100
+# 8000: the API (gunicorn); 9100: /metrics, served by the gunicorn master for all workers;
+# 9101: a job worker's /metrics and /livez (python -m service.jobs).
+EXPOSE 8000 9100 9101
 # For docker and compose; Kubernetes uses the probes in deploy/k8s instead.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('GLASSHOUSE_HTTP__PORT', '8000'), timeout=2)"]

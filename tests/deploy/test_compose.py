@@ -1,7 +1,7 @@
 """deploy/compose: there is no Docker engine here, so the stack cannot be started; instead its
 files are read and cross-checked: every service is there, every variable is a real setting,
-ports, hosts and mounted files line up between the service, Prometheus, Grafana, the
-collector and Tempo, and nothing is published beyond 127.0.0.1."""
+ports, hosts and mounted files line up between the service, its job worker, Prometheus,
+Grafana, the collector and Tempo, and nothing is published beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from service.settings import HttpSettings, ObservabilitySettings
+from service.settings import HttpSettings, JobsSettings, ObservabilitySettings
 from tests.deploy.support import COMPOSE, DEPLOY, REPO, RUNTIME, load_yaml, setting_names
 
 SERVICES = {"app", "migrate", "postgres", "redis", "prometheus", "grafana", "otel-collector"}
-SERVICES |= {"tempo"}
+SERVICES |= {"tempo", "worker"}
+GLASSHOUSE = ("app", "worker", "migrate")  # built from the repository's Dockerfile
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def mounts(service: dict[str, Any]) -> dict[str, Path]:
 
 def test_every_part_of_the_stack_is_there(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == SERVICES
-    for name in ("app", "migrate"):
+    for name in GLASSHOUSE:
         service = compose["services"][name]
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO
         assert service["build"]["dockerfile"] == "Dockerfile"
@@ -55,8 +56,38 @@ def test_every_part_of_the_stack_is_there(compose: dict[str, Any]) -> None:
     )
 
 
+def test_the_worker_runs_the_app_image_with_the_apps_settings(compose: dict[str, Any]) -> None:
+    """Same image, environment and dependencies as the app; the jobs need it once REDIS_URL is
+    set; stopping leaves time for the shutdown wait and the handback to the queue."""
+    app, worker = compose["services"]["app"], compose["services"]["worker"]
+    assert worker["command"] == ["python", "-m", "service.jobs"]
+    for key in ("build", "image", "environment", "depends_on", "tmpfs", "security_opt"):
+        assert worker[key] == app[key], key
+    assert app_env(compose)["REDIS_URL"], "without Redis the app runs the jobs itself"
+    env = app_env(compose)
+    wait = float(
+        env.get("GLASSHOUSE_JOBS__SHUTDOWN_WAIT_SECONDS", JobsSettings().shutdown_wait_seconds)
+    )
+    assert int(worker["stop_grace_period"].removesuffix("s")) >= wait + 5 + 10
+    # The image's HEALTHCHECK asks the API's port: the worker's asks its own /livez.
+    port = int(env.get("GLASSHOUSE_JOBS__WORKER_METRICS_PORT", JobsSettings().worker_metrics_port))
+    assert f"http://127.0.0.1:{port}/livez" in " ".join(worker["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}:{port}" in worker["ports"]
+
+
+def test_the_app_and_the_worker_share_the_files_volume(compose: dict[str, Any]) -> None:
+    files_dir = app_env(compose)["GLASSHOUSE_JOBS__FILES_DIR"]
+    for name in ("app", "worker"):
+        named = [v for v in compose["services"][name]["volumes"] if not v.startswith(".")]
+        assert named == [f"files:{files_dir}"], name
+    # Writable by the service's uid on a read-only root filesystem.
+    options = compose["volumes"]["files"]["driver_opts"]
+    assert options["type"] == "tmpfs"
+    assert "uid=10001" in options["o"].split(",")
+
+
 def test_every_variable_is_a_real_setting(compose: dict[str, Any]) -> None:
-    for name in ("app", "migrate"):
+    for name in GLASSHOUSE:
         names = set(compose["services"][name]["environment"])
         assert names - setting_names() == set(), name
 

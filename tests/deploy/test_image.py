@@ -95,6 +95,7 @@ def test_command_ports_labels_and_settings() -> None:
     assert exposed == {
         int(env["GLASSHOUSE_HTTP__PORT"]),
         int(env["GLASSHOUSE_OBSERVABILITY__METRICS_PORT"]),
+        int(env["GLASSHOUSE_JOBS__WORKER_METRICS_PORT"]),
     }
     assert env["GLASSHOUSE_HTTP__HOST"] == ALL_INTERFACES
     assert env["GLASSHOUSE_OBSERVABILITY__METRICS_HOST"] == ALL_INTERFACES
@@ -105,6 +106,8 @@ def test_command_ports_labels_and_settings() -> None:
     metrics_dir = Path(env["GLASSHOUSE_OBSERVABILITY__METRICS_DIR"])
     assert any(Path(volume) in metrics_dir.parents for volume in volumes), volumes
     assert TMP in volumes
+    # Job files: a volume of their own (shared by the API and the workers), writable.
+    assert env["GLASSHOUSE_JOBS__FILES_DIR"] in volumes
     labels = " ".join(RUNTIME.all("LABEL"))
     for key in ("title", "description", "version", "revision", "created", "source"):
         assert f"org.opencontainers.image.{key}=" in labels, key

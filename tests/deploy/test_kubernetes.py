@@ -1,6 +1,7 @@
 """The Kubernetes manifests: kustomize builds them, strict schemas accept them, and what they
-say agrees with the code: probe paths are routes, ports are where gunicorn binds, every
-variable is a real setting, the grace period covers the drain."""
+say agrees with the code: probe paths are routes, ports are where gunicorn and the job worker
+bind, every variable is a real setting, the grace periods cover the drain and the job handback,
+the API and the worker share the files volume."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.settings import HttpSettings, ObservabilitySettings
+from service.observability.jobs import LoopHeartbeat, start_worker_listener
+from service.settings import HttpSettings, JobsSettings, ObservabilitySettings
 from tests.conftest import make_settings
 from tests.deploy.support import (
     ALL_INTERFACES,
@@ -42,6 +45,12 @@ SECRET_TEMPLATE = REPO / "deploy" / "k8s" / "secret.example.yaml"
 DEBUG_POD = REPO / "deploy" / "k8s" / "debug" / "pod.yaml"
 PROBES = {"startupProbe": "/health/startup", "readinessProbe": "/health/ready"}
 PROBES["livenessProbe"] = "/health/live"
+API = "glasshouse"
+WORKER = "glasshouse-worker"
+DEPLOYMENTS = (API, WORKER)
+FILES_CLAIM = "glasshouse-files"
+# After the shutdown wait, the worker hands unfinished jobs back to the queue within this.
+JOB_HANDBACK_SECONDS = 5
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -64,7 +73,15 @@ def glasshouse_containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def api_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    deployment = find(objects, "Deployment", "glasshouse")
+    return deployment_container(objects, API)
+
+
+def worker_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return deployment_container(objects, WORKER)
+
+
+def deployment_container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    deployment = find(objects, "Deployment", name)
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
@@ -97,6 +114,11 @@ def test_kustomize_builds_every_overlay(objects: list[dict[str, Any]], overlay: 
     kinds = {obj["kind"] for obj in objects}
     assert {"Deployment", "Service", "ServiceAccount", "ConfigMap", "Job"} <= kinds
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert "PersistentVolumeClaim" in kinds
+    for name in DEPLOYMENTS:
+        find(objects, "Deployment", name)
+        find(objects, "PodDisruptionBudget", name)
+        find(objects, "NetworkPolicy", name)
     expected_namespace = {"base": "glasshouse", "dev": "glasshouse-dev", "prod": "glasshouse"}
     for obj in objects:
         if obj["kind"] != "Namespace":
@@ -152,16 +174,30 @@ def test_strict_schema_validation_catches_a_misspelled_field(tmp_path: Path) -> 
     assert result.returncode != 0, result.stdout + result.stderr
 
 
-def test_service_monitor_selects_the_metrics_port_of_the_service() -> None:
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_service_monitor_selects_the_metrics_port_of_the_service(name: str) -> None:
+    """One ServiceMonitor per Deployment, each selecting its own Service only. Each gives its
+    targets the job label the alerts and dashboards select on: its Service's name,
+    job="glasshouse" for the API and job="glasshouse-worker" for the job workers."""
     objects = built_objects("prod")
-    monitor = find(objects, "ServiceMonitor")
-    service = find(objects, "Service", "glasshouse")
+    monitor = find(objects, "ServiceMonitor", name)
+    service = find(objects, "Service", name)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
     spec = monitor["spec"]
     assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
     labels = service["metadata"]["labels"]
-    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    job = labels[spec["jobLabel"]] if "jobLabel" in spec else service["metadata"]["name"]
+    assert job == name
+    container = deployment_container(objects, name)
+    assert (container["name"] == "worker") == (name == WORKER)
+    selected = [
+        obj["metadata"]["name"]
+        for obj in objects
+        if obj["kind"] == "Service"
+        and spec["selector"]["matchLabels"].items() <= obj["metadata"]["labels"].items()
+    ]
+    assert selected == [name]
     assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
     port_names = {port["name"] for port in service["spec"]["ports"]}
     endpoint_keys = {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings"}
@@ -171,9 +207,9 @@ def test_service_monitor_selects_the_metrics_port_of_the_service() -> None:
         assert endpoint.get("path", "/metrics") == "/metrics"
         for key in ("interval", "scrapeTimeout"):
             assert re.fullmatch(r"[0-9]+(ms|s|m|h)", endpoint[key]), endpoint
-    # The Service's name becomes the job label the alerts and dashboards select on.
-    assert service["metadata"]["name"] == "glasshouse"
-    assert "jobLabel" not in spec
+        # The Service's port leads to the container's metrics port.
+        (port,) = [port for port in service["spec"]["ports"] if port["name"] == endpoint["port"]]
+        assert port["targetPort"] == "metrics"
 
 
 def test_prometheus_rule_is_rules_yml() -> None:
@@ -238,6 +274,88 @@ def create_app_openapi_paths() -> dict[str, Any]:
     app = create_app(make_settings("sqlite+aiosqlite:///:memory:"))
     paths: dict[str, Any] = app.openapi()["paths"]
     return paths
+
+
+def test_the_worker_runs_the_service_image_like_the_api(objects: list[dict[str, Any]]) -> None:
+    """Same image, settings, Secret and hardening as the API; only the command differs."""
+    api_pod = find(objects, "Deployment", API)["spec"]["template"]["spec"]
+    worker_pod = find(objects, "Deployment", WORKER)["spec"]["template"]["spec"]
+    api, worker = api_container(objects), worker_container(objects)
+    assert worker["command"] == ["python", "-m", "service.jobs"]
+    for key in ("image", "imagePullPolicy", "envFrom", "env", "securityContext"):
+        assert worker[key] == api[key], key
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
+        assert worker_pod[key] == api_pod[key], key
+    assert worker_pod["enableServiceLinks"] is False
+
+
+def test_worker_probes_and_port_are_its_listener(objects: list[dict[str, Any]]) -> None:
+    """The worker's /livez and /metrics on the port and interface its settings give, probed
+    there; the listener really answers the probe paths."""
+    env = effective_settings_env(objects)
+    container = worker_container(objects)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    default_port = JobsSettings().worker_metrics_port
+    assert ports == {"metrics": int(env.get("GLASSHOUSE_JOBS__WORKER_METRICS_PORT", default_port))}
+    metrics_host = env.get("GLASSHOUSE_OBSERVABILITY__METRICS_HOST")
+    assert metrics_host == ALL_INTERFACES, "the kubelet and Prometheus come from outside the pod"
+    probe_paths = set()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http_get = container[probe]["httpGet"]
+        assert http_get["port"] == "metrics", probe
+        probe_paths.add(http_get["path"])
+    assert probe_paths == {"/livez"}
+    # The liveness probe never restarts a worker whose startup is merely slow.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    server = start_worker_listener("127.0.0.1", 0, LoopHeartbeat(stale_after_seconds=30))
+    try:
+        for path in [*probe_paths, "/metrics"]:
+            url = f"http://127.0.0.1:{server.server_port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200, path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_grace_period_covers_the_job_handback(objects: list[dict[str, Any]]) -> None:
+    """SIGTERM: running jobs get the shutdown wait, then unfinished ones go back to the queue;
+    the kubelet's SIGKILL comes after both, with margin."""
+    env = effective_settings_env(objects)
+    wait = float(
+        env.get("GLASSHOUSE_JOBS__SHUTDOWN_WAIT_SECONDS", JobsSettings().shutdown_wait_seconds)
+    )
+    spec = find(objects, "Deployment", WORKER)["spec"]["template"]["spec"]
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace >= wait + JOB_HANDBACK_SECONDS + 10, (grace, wait)
+
+
+def test_the_api_and_the_worker_share_the_files_volume(
+    objects: list[dict[str, Any]], overlay: str
+) -> None:
+    """Uploads written by an API pod are read by any worker, exports written by a worker are
+    served by any API pod: one ReadWriteMany claim, writable, where FILES_DIR points."""
+    claim = find(objects, "PersistentVolumeClaim", FILES_CLAIM)
+    # The dev overlay is a one-node cluster, where ReadWriteOnce is shared by every pod.
+    expected_mode = "ReadWriteOnce" if overlay == "dev" else "ReadWriteMany"
+    assert claim["spec"]["accessModes"] == [expected_mode]
+    files_dir = effective_settings_env(objects)["GLASSHOUSE_JOBS__FILES_DIR"]
+    for name in DEPLOYMENTS:
+        spec = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+        volumes = {
+            volume["name"]
+            for volume in spec["volumes"]
+            if volume.get("persistentVolumeClaim", {}).get("claimName") == FILES_CLAIM
+        }
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] in volumes]
+        assert mount["mountPath"] == files_dir, name
+        assert not mount.get("readOnly", False), name
+        assert "subPath" not in mount, name
+        # fsGroup makes the volume writable for the service's group on drivers that honour it.
+        assert spec["securityContext"]["fsGroup"] == 10001, name
+    job = find(objects, "Job", "glasshouse-migrate")["spec"]["template"]["spec"]
+    assert not [v for v in job["volumes"] if "persistentVolumeClaim" in v]
 
 
 def test_gunicorn_binds_where_the_manifests_point(objects: list[dict[str, Any]]) -> None:
@@ -334,8 +452,11 @@ def test_secret_template_has_only_settings_and_no_usable_values() -> None:
         assert not [obj for obj in built_objects(name) if obj["kind"] == "Secret"]
 
 
-def test_downward_api_gives_the_pod_name_and_namespace(objects: list[dict[str, Any]]) -> None:
-    env = {variable["name"]: variable for variable in api_container(objects)["env"]}
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_downward_api_gives_the_pod_name_and_namespace(
+    objects: list[dict[str, Any]], name: str
+) -> None:
+    env = {variable["name"]: variable for variable in deployment_container(objects, name)["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
@@ -379,8 +500,9 @@ POSTGRES_RESERVED_CONNECTIONS = 3
 def test_database_connections_stay_under_max_connections(
     objects: list[dict[str, Any]], overlay: str
 ) -> None:
-    """Every pod the HPA may run, the rollout's surge pods on top, each worker's pool at its
-    ceiling, and the migration Job: together under PostgreSQL's max_connections."""
+    """Every pod the HPA may run, the rollout's surge pods on top, each gunicorn worker's pool
+    at its ceiling, the job workers (one process per pod, plus a stopping one beside its
+    replacement during a rollout) and the migration Job: together under max_connections."""
     settings = make_settings("postgresql+asyncpg://x@localhost/x")  # the defaults
     env = config_map_data(objects, "glasshouse-config")
     workers = int(env.get("GLASSHOUSE_SERVER__WORKERS", settings.server.workers))
@@ -392,7 +514,11 @@ def test_database_connections_stay_under_max_connections(
     surge_pods = math.ceil(max_replicas * int(str(surge["maxSurge"]).rstrip("%")) / 100)
     assert str(surge["maxSurge"]).endswith("%")
     migration_job = 1  # alembic upgrade head: one connection
+    job_workers = find(objects, "Deployment", WORKER)["spec"]
+    assert job_workers["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    job_worker_pods = job_workers["replicas"] + 1
     demand = (max_replicas + surge_pods) * workers * (pool_size + overflow) + migration_job
+    demand += job_worker_pods * (pool_size + overflow)
     assert demand <= POSTGRES_MAX_CONNECTIONS - POSTGRES_RESERVED_CONNECTIONS, demand
     readme = (REPO / "deploy" / "README.md").read_text()
     assert f"`max_connections` {POSTGRES_MAX_CONNECTIONS}" in readme
@@ -419,10 +545,13 @@ def assert_locked_down(name: str, spec: dict[str, Any]) -> None:
     for container in spec["containers"]:
         mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
         assert TMP in mounts or container["name"] == "redis", name
+    # Writable volumes are scratch space, secrets, or the shared files volume.
     volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
     for container in spec["containers"]:
         for mount in container.get("volumeMounts", []):
-            assert set(volumes[mount["name"]]) & {"emptyDir", "secret"}, (name, mount)
+            volume = volumes[mount["name"]]
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            assert set(volume) & {"emptyDir", "secret"} or claim == FILES_CLAIM, (name, mount)
 
 
 def test_the_migration_job_runs_alembic_with_the_service_image(
@@ -440,10 +569,11 @@ def test_the_migration_job_runs_alembic_with_the_service_image(
     api_pod = deployment["spec"]["template"]["spec"]
     assert job_pod["securityContext"] == api_pod["securityContext"]
     assert job_pod["restartPolicy"] == "Never"
-    # Migration pods are not API pods: no Service, PDB or HPA counts them.
+    # Migration pods are neither API nor worker pods: no Service, PDB or HPA counts them.
     job_labels = job["spec"]["template"]["metadata"]["labels"]
-    selector = deployment["spec"]["selector"]["matchLabels"]
-    assert not selector.items() <= job_labels.items()
+    for name in DEPLOYMENTS:
+        selector = find(objects, "Deployment", name)["spec"]["selector"]["matchLabels"]
+        assert not selector.items() <= job_labels.items(), name
 
 
 def test_selectors_and_ports_line_up(objects: list[dict[str, Any]]) -> None:
@@ -499,6 +629,47 @@ def test_selectors_and_ports_line_up(objects: list[dict[str, Any]]) -> None:
             assert any(
                 p["spec"]["podSelector"]["matchLabels"].items() <= labels.items() for p in policies
             ), obj["metadata"]["name"]
+
+
+def test_the_worker_has_its_own_selectors_and_policy(objects: list[dict[str, Any]]) -> None:
+    """Worker pods are counted by their own PDB and Service only, never by the API's Service,
+    PDB, HPA or NetworkPolicy; nothing but Prometheus may reach them, on the metrics port."""
+    deployment = find(objects, "Deployment", WORKER)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert deployment["spec"]["replicas"] >= 1
+    assert not [
+        hpa
+        for hpa in objects
+        if hpa["kind"] == "HorizontalPodAutoscaler"
+        and hpa["spec"]["scaleTargetRef"]["name"] == WORKER
+    ], "the worker's replicas are set, not autoscaled"
+    api_selectors = [
+        find(objects, "Service", API)["spec"]["selector"],
+        find(objects, "PodDisruptionBudget", API)["spec"]["selector"]["matchLabels"],
+        find(objects, "NetworkPolicy", API)["spec"]["podSelector"]["matchLabels"],
+        find(objects, "Deployment", API)["spec"]["selector"]["matchLabels"],
+    ]
+    for api_selector in api_selectors:
+        assert not api_selector.items() <= pod_labels.items(), api_selector
+
+    pdb = find(objects, "PodDisruptionBudget", WORKER)
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+    service = find(objects, "Service", WORKER)
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["clusterIP"] == "None", "nothing calls the worker: headless"
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["metrics"]
+
+    policy = find(objects, "NetworkPolicy", WORKER)
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    api_policy = find(objects, "NetworkPolicy", API)
+    monitoring = next(rule for rule in api_policy["spec"]["ingress"] if rule.get("from"))
+    assert policy["spec"]["ingress"] == [monitoring], "only Prometheus, on the metrics port"
+    assert policy["spec"]["egress"] == api_policy["spec"]["egress"]
 
 
 def test_prod_samples_traces_as_documented() -> None:
