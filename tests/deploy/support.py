@@ -246,6 +246,15 @@ EXTERNAL_SERIES = {
     "container_cpu_cfs_periods_total": "cAdvisor, through the kubelet",
     "container_cpu_cfs_throttled_periods_total": "cAdvisor, through the kubelet",
 }
+# Collectors of the service that yield their series only at times, by class, with the gauges they
+# yield: the queue's gauges come only from the worker that sweeps (service/jobs/metrics.py).
+# _service_label_sets checks each one really appears once the sweeper has run.
+COLLECTOR_GAUGES = {
+    "service.jobs.metrics.QueueGauges": (
+        "glasshouse_jobs_queue_depth",
+        "glasshouse_jobs_oldest_waiting_seconds",
+    ),
+}
 _SAMPLE_SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_count", "_sum"),
@@ -258,11 +267,12 @@ _SAMPLE_SUFFIXES = {
 def declared_series() -> dict[str, bool]:
     """Every sample name the service declares (service/observability/metrics.py and each
     domain's metrics.py) -> whether it only grows (counters, histogram and summary series: to
-    be read through rate() or increase())."""
+    be read through rate() or increase()). A collector of its own must be in COLLECTOR_GAUGES."""
     import importlib
     import pkgutil
 
     from prometheus_client.metrics import MetricWrapperBase
+    from prometheus_client.registry import CollectorRegistry
 
     import service
 
@@ -278,6 +288,12 @@ def declared_series() -> dict[str, bool]:
                 for family in value.describe():  # a counter's family name has no _total
                     for suffix in _SAMPLE_SUFFIXES[family.type]:
                         series[family.name + suffix] = family.type != "gauge"
+            elif hasattr(value, "collect") and not isinstance(
+                value, type | CollectorRegistry
+            ):  # a collector of its own (prometheus_client's Collector is a Protocol)
+                kind = f"{type(value).__module__}.{type(value).__qualname__}"
+                assert kind in COLLECTOR_GAUGES, f"{kind}: a collector not in COLLECTOR_GAUGES"
+                series.update(dict.fromkeys(COLLECTOR_GAUGES[kind], False))
     return series
 
 
@@ -389,10 +405,12 @@ def as_promql(expr: str) -> str:
 
 
 async def _exposition_after_traffic() -> str:
-    """The /metrics text of an in-process app on SQLite, after the requests that create the
-    series that only exist once a request has been served (HTTP metrics by route)."""
+    """The /metrics text of an in-process app on SQLite (it runs the jobs and the sweeper too),
+    after the requests that create the series that only exist once a request has been served
+    (HTTP metrics by route) and one sweep (the queue's gauges: only a sweeping process has
+    them)."""
     # Imported here: only the label checks need the whole app, not every deployment test.
-    from tests.conftest import make_settings, running_client
+    from tests.conftest import make_settings, running_app
 
     with tempfile.TemporaryDirectory() as directory:
         settings = make_settings(
@@ -400,9 +418,12 @@ async def _exposition_after_traffic() -> str:
             observability=ObservabilitySettings(metrics_on_api=True),
             auto_migrate=True,
         )
-        async with running_client(settings) as client:
-            await client.get("/api/v1/items")  # a 401: one routed request is enough
-            response = await client.get("/metrics")
+        async with running_app(settings) as app:
+            await app.client.get("/api/v1/items")  # a 401: one routed request is enough
+            sweeper = app.state["jobs"].sweeper
+            assert sweeper is not None, "the app runs no sweeper: its jobs run elsewhere"
+            await sweeper.sweep()
+            response = await app.client.get("/metrics")
     assert response.status_code == 200, response.text
     return response.text
 

@@ -1,7 +1,7 @@
 """The dashboards and alerts against the real thing: the service under gunicorn (2 workers, its
-own PostgreSQL database, Redis), scraped every second by a real Prometheus (Debian's binary)
-configured from deploy/compose/prometheus.yml with deploy/prometheus/rules.yml loaded (every
-group evaluated each second), after traffic like users make (logins good and bad, rate
+own PostgreSQL database, Redis) and its job worker, scraped every second by a real Prometheus
+(Debian's binary) configured from deploy/compose/prometheus.yml with deploy/prometheus/rules.yml
+loaded (every group evaluated each second), after traffic like users make (logins good and bad, rate
 limiting, items, 404s). Then every dashboard query and every alert expression is evaluated by
 that Prometheus over its HTTP API.
 
@@ -47,7 +47,14 @@ from tests.deploy.support import (
     rule_groups,
     variable_queries,
 )
-from tests.processes import Gunicorn, free_port, migrated_postgres_database, running_gunicorn
+from tests.processes import (
+    Gunicorn,
+    JobWorker,
+    free_port,
+    migrated_postgres_database,
+    running_gunicorn,
+    running_job_worker,
+)
 
 NAMESPACE = "compose"  # set by the scrape config's relabelling, as in deploy/compose
 RATE_INTERVAL = "5m"  # covers the whole test, from before the traffic on
@@ -78,6 +85,19 @@ ALERT_SIGNALS: dict[str, str] = {
         'result="error"}[5m])) / sum by (namespace, job) '
         '(rate(glasshouse_cache_requests_total{job="glasshouse"}[5m]))'
     ),
+    "GlasshouseJobsWaitingTooLong": (
+        "max by (namespace) "
+        '(max_over_time(glasshouse_jobs_oldest_waiting_seconds{job="glasshouse-worker"}[2m]))'
+    ),
+    "GlasshouseJobFailureRatioHigh": (
+        "sum by (namespace, task) "
+        '(increase(glasshouse_jobs_succeeded_total{job="glasshouse-worker"}[15m])) '
+        "+ sum by (namespace, task) "
+        '(increase(glasshouse_jobs_failed_total{job="glasshouse-worker"}[15m]))'
+    ),
+    "GlasshouseJobsNotSwept": (
+        'count by (namespace) (glasshouse_jobs_queue_depth{job="glasshouse-worker"})'
+    ),
 }
 # Alerts on series the service does not export, with what provides them in a cluster.
 ALERT_NEEDS = {
@@ -106,23 +126,49 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+def database_url() -> Iterator[str]:
     try:
         asyncio.run(_check_redis())
     except (OSError, ConnectionError, redis.exceptions.RedisError) as exc:
         unavailable(f"Redis at {REDIS_URL} unreachable: {exc}")
-    with (
-        migrated_postgres_database() as database_url,
-        running_gunicorn(
-            database_url,
-            tmp_path_factory.mktemp("gunicorn"),
-            REDIS_URL=REDIS_URL,
-            GLASSHOUSE_CACHE__KEY_PREFIX=f"gh-deploy-{uuid.uuid4().hex[:16]}",
-            GLASSHOUSE_RATE_LIMIT__MAX_FAILURES_PER_CLIENT=str(MAX_FAILURES_PER_CLIENT),
-            GLASSHOUSE_SERVER__DRAIN_SECONDS="0.5",  # quick teardown; drain tested elsewhere
-        ) as server,
-    ):
+    with migrated_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def jobs_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A queue (and sweeper lock) of this test's own, shared by the API and the worker."""
+    return {
+        "GLASSHOUSE_JOBS__QUEUE_NAME": f"gh-deploy-jobs-{uuid.uuid4().hex[:16]}",
+        "GLASSHOUSE_JOBS__FILES_DIR": str(tmp_path_factory.mktemp("files")),
+    }
+
+
+@pytest.fixture(scope="module")
+def service(
+    database_url: str, jobs_settings: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    with running_gunicorn(
+        database_url,
+        tmp_path_factory.mktemp("gunicorn"),
+        REDIS_URL=REDIS_URL,
+        GLASSHOUSE_CACHE__KEY_PREFIX=f"gh-deploy-{uuid.uuid4().hex[:16]}",
+        GLASSHOUSE_RATE_LIMIT__MAX_FAILURES_PER_CLIENT=str(MAX_FAILURES_PER_CLIENT),
+        GLASSHOUSE_SERVER__DRAIN_SECONDS="0.5",  # quick teardown; drain tested elsewhere
+        GLASSHOUSE_JOBS__QUEUE_NAME=jobs_settings["GLASSHOUSE_JOBS__QUEUE_NAME"],
+        GLASSHOUSE_JOBS__FILES_DIR=jobs_settings["GLASSHOUSE_JOBS__FILES_DIR"],
+    ) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def job_worker(
+    database_url: str, jobs_settings: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JobWorker]:
+    with running_job_worker(
+        database_url, REDIS_URL, tmp_path_factory.mktemp("worker"), **jobs_settings
+    ) as worker:
+        yield worker
 
 
 def rules_evaluated_every_second(directory: Path) -> Path:
@@ -136,8 +182,8 @@ def rules_evaluated_every_second(directory: Path) -> Path:
     return path
 
 
-def prometheus_config(metrics_port: int, rules: Path) -> dict[str, Any]:
-    """deploy/compose/prometheus.yml, scraping this test's gunicorn every second."""
+def prometheus_config(metrics_port: int, worker_metrics_port: int, rules: Path) -> dict[str, Any]:
+    """deploy/compose/prometheus.yml, scraping this test's gunicorn and worker every second."""
     config: dict[str, Any] = load_yaml(COMPOSE.parent / "prometheus.yml")
     config["global"] = {
         "scrape_interval": "1s",
@@ -148,20 +194,30 @@ def prometheus_config(metrics_port: int, rules: Path) -> dict[str, Any]:
     job = next(job for job in config["scrape_configs"] if job["job_name"] == "glasshouse")
     assert job.pop("dns_sd_configs")[0]["port"] == 9100
     job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
+    worker = next(
+        (job for job in config["scrape_configs"] if job["job_name"] == "glasshouse-worker"), None
+    )
+    assert worker is not None, "deploy/compose/prometheus.yml does not scrape the job worker"
+    assert worker.pop("dns_sd_configs")[0]["port"] == 9101
+    worker["static_configs"] = [{"targets": [f"127.0.0.1:{worker_metrics_port}"]}]
     # Only the service: the compose file's self-scrape would reach whatever listens on :9090.
-    config["scrape_configs"] = [job]
+    config["scrape_configs"] = [job, worker]
     return config
 
 
 @pytest.fixture(scope="module")
-def prometheus(service: Gunicorn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def prometheus(
+    service: Gunicorn, job_worker: JobWorker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: run `make tools` (Debian's prometheus package)")
     directory = tmp_path_factory.mktemp("prometheus")
     config = directory / "prometheus.yml"
     rules = rules_evaluated_every_second(directory)
-    config.write_text(json.dumps(prometheus_config(service.metrics_port, rules)))  # JSON is YAML
+    config.write_text(  # JSON is YAML
+        json.dumps(prometheus_config(service.metrics_port, job_worker.metrics_port, rules))
+    )
     port = free_port()
     log_path = directory / "prometheus.log"
     with log_path.open("wb") as log:
@@ -266,6 +322,8 @@ def scraped(service: Gunicorn, prometheus: Prometheus) -> Prometheus:
         lambda: (
             bool(prometheus.query('glasshouse_rate_limited_total{limit="login_client"} > 0'))
             and bool(prometheus.query("glasshouse_items_deleted_total > 0"))
+            # The worker's first sweep (a sweep interval after it starts) gives the gauges.
+            and bool(prometheus.query('glasshouse_jobs_queue_depth{job="glasshouse-worker"}'))
         ),
         30,
     )
@@ -362,8 +420,8 @@ def test_cache_available_reads_1_while_redis_answers(scraped: Prometheus) -> Non
     assert sample["value"][1] == "1"
 
 
-def exported_series(service: Gunicorn) -> set[str]:
-    text = httpx.get(service.metrics_url, timeout=5).text
+def exported_series(metrics_url: str) -> set[str]:
+    text = httpx.get(metrics_url, timeout=5).text
     return {
         line.split("{", 1)[0].split(" ", 1)[0]
         for line in text.splitlines()
@@ -378,9 +436,9 @@ def used_metrics() -> set[str]:
 
 
 def test_every_metric_used_is_exported_by_the_running_service(
-    service: Gunicorn, scraped: Prometheus
+    service: Gunicorn, job_worker: JobWorker, scraped: Prometheus
 ) -> None:
-    exported = exported_series(service)
+    exported = exported_series(service.metrics_url) | exported_series(job_worker.metrics_url)
     missing = used_metrics() - exported - recorded_series() - set(EXTERNAL_SERIES)
     assert missing == set()
     # The external ones really are not the service's: kube-state-metrics provides them.
