@@ -554,3 +554,26 @@ async def test_a_stream_ticket_opens_one_stream_once_for_its_session_only(
     ticket = await new_ticket(user)
     assert (await client.post(f"{API}/auth/logout", headers=user.headers)).status_code == 204
     assert_problem(await client.get(events, params={"ticket": ticket}), 401, "invalid_token")
+
+
+async def test_a_json_export_imports_back_as_the_same_items(client: httpx.AsyncClient) -> None:
+    user = await make_account(client)
+    await make_item(client, user, title="With a description", description="Notes", priority=1)
+    await make_item(client, user, title="Without one", status="done")
+    job = await finished_job(client, user, "/items/exports", json={"format": "json"})
+    body = (await client.get(job["download_url"], headers=user.headers)).content
+    importer = await make_account(client)
+    imported = await finished_job(
+        client,
+        importer,
+        "/items/imports",
+        files={"file": ("export.json", body, "application/json")},
+    )
+    assert (imported["result"]["stored"], imported["result"]["invalid"]) == (2, 0)
+
+    def fields(items: list[Any]) -> list[tuple[Any, ...]]:
+        return sorted(
+            (item["title"], item["description"], item["status"], item["priority"]) for item in items
+        )
+
+    assert fields(await listed_items(client, importer)) == fields(await listed_items(client, user))

@@ -12,8 +12,10 @@ from service.item_files.schemas import FileFormat
 from service.items.models import Item
 
 COLUMNS = ("id", "title", "description", "status", "priority", "created_at", "updated_at")
-# The fields an import reads; the others an export writes (id, dates) are ignored.
+# The fields an import reads; the others an export writes (id, dates) are ignored, so that an
+# export imports back. Any other field is an error of its row.
 IMPORTED_FIELDS = ("title", "description", "status", "priority")
+EXPORT_ONLY_FIELDS = frozenset(set(COLUMNS) - set(IMPORTED_FIELDS))
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -133,7 +135,10 @@ def _json_rows(file: IO[bytes]) -> Iterator[object]:
         raise MalformedFileError("The JSON file must be an array of items.")
     file.seek(0)
     try:
-        yield from ijson.items(file, "item", use_float=True)
+        for record in ijson.items(file, "item", use_float=True):
+            if isinstance(record, dict):
+                record = {k: v for k, v in record.items() if k not in EXPORT_ONLY_FIELDS}
+            yield record
     except ijson.JSONError as exc:
         raise MalformedFileError(f"The JSON file is malformed: {exc}") from None
     except UnicodeDecodeError:
