@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import coverage
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -159,6 +160,16 @@ async def sessions_established(connection: asyncpg.Connection, database: str) ->
         "SELECT sessions FROM pg_stat_database WHERE datname = $1", database
     )
     return int(count or 0)
+
+
+@contextmanager
+def empty_postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own with no tables (nothing migrated)."""
+    url = asyncio.run(_create_postgres_database())
+    try:
+        yield url
+    finally:
+        asyncio.run(_drop_postgres_database(url))
 
 
 @contextmanager
@@ -389,6 +400,14 @@ class JobWorker:
         return self.process.wait(timeout=timeout)
 
 
+def _measured_like_this_process() -> dict[str, str]:
+    """Under coverage, a child started with this environment is measured too, with the
+    project's configuration, into a data file of its own that the test run combines."""
+    if coverage.Coverage.current() is None:
+        return {}
+    return {"COVERAGE_PROCESS_START": str(REPO / "pyproject.toml")}
+
+
 @contextmanager
 def running_job_worker(
     database_url: str, redis_url: str, tmp_path: Path, **settings: str
@@ -403,6 +422,7 @@ def running_job_worker(
         "GLASSHOUSE_AUTH__JWT_SECRET": TEST_JWT_SECRET,
         "GLASSHOUSE_JOBS__WORKER_METRICS_PORT": str(metrics_port),
         "GLASSHOUSE_OBSERVABILITY__METRICS_HOST": "127.0.0.1",
+        **_measured_like_this_process(),
         **settings,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)

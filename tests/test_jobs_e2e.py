@@ -10,6 +10,8 @@ import json
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,11 @@ import pytest
 
 from tests.faults import RedisServer, running_redis
 from tests.processes import (
+    REPO,
     Gunicorn,
     OtlpSink,
+    base_env,
+    empty_postgres_database,
     migrated_postgres_database,
     running_gunicorn,
     running_job_worker,
@@ -408,3 +413,28 @@ def test_an_event_stream_on_the_api_follows_a_job_the_worker_runs(
     running = [data for name, data in events if name == "job" and data["status"] == "running"]
     # Progress arrived while the worker ran the job, not only its end.
     assert any(0 < data["progress"]["done"] < 8_000 for data in running), names
+
+
+def test_a_worker_takes_no_job_until_the_schema_is_migrated(
+    shared: dict[str, str], tmp_path: Path
+) -> None:
+    """A release's workers may start before its migration: they wait, alive, and then start."""
+    with empty_postgres_database() as url, start_worker(url, shared, tmp_path) as worker:
+        deadline = time.monotonic() + 10
+        while "worker_waiting_for_database" not in worker.logs():
+            assert time.monotonic() < deadline, worker.logs()
+            time.sleep(0.1)
+        assert worker.alive()
+        assert "worker_started" not in worker.logs()
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=REPO,
+            env={**base_env(), "DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 10
+        while "worker_started" not in worker.logs():
+            assert time.monotonic() < deadline, worker.logs()
+            time.sleep(0.1)

@@ -5,9 +5,12 @@ storage and the sweeper; shutdown hands back jobs still running after the wait."
 import asyncio
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from taskiq import TaskiqEvents, TaskiqState
 
 from service.cache.setup import build_caches
+from service.db.migrate import is_at_head
 from service.db.session import create_engine, create_sessionmaker
 from service.jobs.queue import create_broker
 from service.jobs.setup import Jobs, start_jobs
@@ -26,8 +29,15 @@ broker = create_broker(settings, tracer_provider)
 
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def start_worker(state: TaskiqState) -> None:
+    heartbeat = LoopHeartbeat(stale_after_seconds=30)
+    beating = asyncio.create_task(_beat(heartbeat), name="worker-heartbeat")
+    if settings.jobs.worker_metrics_port:
+        state.listener = start_worker_listener(
+            settings.observability.metrics_host, settings.jobs.worker_metrics_port, heartbeat
+        )
     engine = create_engine(settings.database)
     observability.observe_worker_engine(engine, tracer_provider)
+    await _wait_for_migrations(engine)
     # Imports invalidate the item answers the API caches.
     caches = build_caches(settings)
     caches.start()
@@ -39,12 +49,7 @@ async def start_worker(state: TaskiqState) -> None:
         tracer_provider=tracer_provider,
         broker=broker,
     )
-    heartbeat = LoopHeartbeat(stale_after_seconds=30)
-    jobs.background.append(asyncio.create_task(_beat(heartbeat), name="worker-heartbeat"))
-    if settings.jobs.worker_metrics_port:
-        state.listener = start_worker_listener(
-            settings.observability.metrics_host, settings.jobs.worker_metrics_port, heartbeat
-        )
+    jobs.background.append(beating)
     state.jobs = jobs
     state.engine = engine
     state.caches = caches
@@ -53,12 +58,30 @@ async def start_worker(state: TaskiqState) -> None:
 
 @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
 async def stop_worker(state: TaskiqState) -> None:
-    jobs: Jobs = state.jobs
-    await jobs.close()
-    await state.caches.close()
-    await state.engine.dispose()
+    jobs: Jobs | None = getattr(state, "jobs", None)
+    if jobs is not None:  # None: stopped while waiting for the database
+        await jobs.close()
+        await state.caches.close()
+        await state.engine.dispose()
     observability.shutdown_tracing(tracer_provider, settings)
     log.info("worker_stopped")
+
+
+async def _wait_for_migrations(engine: AsyncEngine) -> None:
+    """A new release's workers start with its API pods, maybe before its migration has run:
+    they take no job until the schema is the one their code expects (alive meanwhile)."""
+    waited = 0
+    while True:
+        try:
+            if await is_at_head(engine):
+                return
+            reason = "migrations behind"
+        except (SQLAlchemyError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if waited % 30 == 0:
+            log.warning("worker_waiting_for_database", reason=reason, waited_seconds=waited)
+        await asyncio.sleep(1)
+        waited += 1
 
 
 async def _beat(heartbeat: LoopHeartbeat) -> None:
