@@ -200,6 +200,7 @@ class JobsSettings(BaseModel):
     time_limit_seconds: Annotated[
         float, Field(gt=0, description="One attempt of a job running longer fails (and retries).")
     ] = 600.0
+
     lease_seconds: Annotated[
         float,
         Field(
@@ -255,6 +256,13 @@ class JobsSettings(BaseModel):
     events_heartbeat_seconds: Annotated[
         float, Field(gt=0, description="Comment lines on an idle event stream, for proxies.")
     ] = 15.0
+
+    @property
+    def redelivery_seconds(self) -> float:
+        """How long a message taken by a worker that died stays pending before the stream gives
+        it to another, and how long a queued job waits before the sweeper sends it again (its
+        message lost with a Redis restart). Past any attempt's time limit: never a live one."""
+        return max(2 * self.time_limit_seconds, 600.0)
 
 
 class HttpSettings(BaseModel):

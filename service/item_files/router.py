@@ -7,6 +7,7 @@ from service.auth.dependencies import ItemsReader, ItemsWriter
 from service.dependencies import JobOriginDep, JobsDep, SessionDep, SettingsDep
 from service.item_files import service
 from service.item_files.schemas import ACCEPTED_UPLOADS, FileFormat, ImportParams, ItemExportRequest
+from service.jobs.models import Job
 from service.jobs.router import job_answer
 from service.jobs.schemas import JobRead
 from service.jobs.uploads import UPLOAD_OPENAPI, receive_upload
@@ -54,10 +55,7 @@ async def export_items(
     )
     if created:
         await jobs.queue.enqueue(job)
-    answer = job_answer(request, job)
-    response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
-    return answer
+    return _started(request, response, job, created=created)
 
 
 @router.post(
@@ -104,6 +102,11 @@ async def import_items(
         await jobs.queue.enqueue(job)
     else:
         await jobs.storage.delete(upload.key)
+    return _started(request, response, job, created=created)
+
+
+def _started(request: Request, response: Response, job: Job, *, created: bool) -> JobRead:
+    """202 for a new job, 200 for the one the same request started before; Location either way."""
     response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     return job_answer(request, job)

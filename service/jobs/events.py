@@ -11,6 +11,7 @@ from typing import Protocol
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -86,14 +87,10 @@ class RedisJobEvents:
         await self._client.aclose()
 
 
-async def _forward(pubsub: "PubSubLike", queue: asyncio.Queue[None]) -> None:
+async def _forward(pubsub: PubSub, queue: asyncio.Queue[None]) -> None:
     try:
         async for _ in pubsub.listen():
             if queue.empty():
                 queue.put_nowait(None)
     except (RedisError, OSError) as exc:
         log.warning("job_events_lost", error=str(exc))
-
-
-class PubSubLike(Protocol):
-    def listen(self) -> AsyncIterator[object]: ...

@@ -40,7 +40,7 @@ def create_broker(settings: Settings, tracer_provider: TracerProvider | None) ->
             consumer_group_name=f"{settings.jobs.queue_name}:workers",
             # A message whose worker died is redelivered after this; the sweeper usually
             # requeues the job long before (a lapsed lease), and the claim drops the repeat.
-            idle_timeout=int(max(2 * settings.jobs.time_limit_seconds, 600) * 1000),
+            idle_timeout=int(settings.jobs.redelivery_seconds * 1000),
         )
     else:
         broker = InMemoryBroker(max_async_tasks=settings.jobs.concurrency)

@@ -29,10 +29,8 @@ class StoredFileWriter:
 
 class FileStorage(Protocol):
     def open_writer(self, key: str) -> AbstractAsyncContextManager[StoredFileWriter]: ...
-    def read(self, key: str) -> AsyncIterator[bytes]: ...
     def open_sync(self, key: str) -> IO[bytes]: ...
     def download(self, key: str, *, filename: str, media_type: str) -> Response: ...
-    async def exists(self, key: str) -> bool: ...
     async def delete(self, key: str) -> None: ...
 
 
@@ -67,11 +65,6 @@ class LocalDirectoryStorage:
             file.close()
             await partial.unlink(missing_ok=True)
 
-    async def read(self, key: str) -> AsyncIterator[bytes]:
-        async with await anyio.open_file(self._path(key), "rb") as file:
-            while chunk := await file.read(self.chunk_bytes):
-                yield chunk
-
     def open_sync(self, key: str) -> IO[bytes]:
         """For parsers that read synchronously (csv, ijson): call it and read from a worker
         thread, never the event loop."""
@@ -84,9 +77,6 @@ class LocalDirectoryStorage:
             filename=filename,
             media_type=media_type,
         )
-
-    async def exists(self, key: str) -> bool:
-        return await self._path(key).is_file()
 
     async def delete(self, key: str) -> None:
         await self._path(key).unlink(missing_ok=True)

@@ -101,7 +101,7 @@ class Sweeper:
             log.warning("jobs_requeued_after_lapsed_lease", job_ids=requeued)
         async with self.sessionmaker() as session:
             kicks = await service.kick_due(
-                session=session, rekick_after_seconds=max(2 * settings.time_limit_seconds, 600)
+                session=session, rekick_after_seconds=settings.redelivery_seconds
             )
         for kick in kicks:
             await self.queue.kick(
