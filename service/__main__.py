@@ -9,6 +9,7 @@ import uvicorn
 
 from service.http_protocol import HeadLimitedHttpToolsProtocol
 from service.observability.setup import start_metrics_listener
+from service.server import StreamEndingServer, websocket_options
 from service.settings import get_settings
 
 
@@ -22,7 +23,7 @@ def main() -> None:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.main:create_app",
         factory=True,
         host=settings.http.host,
@@ -31,7 +32,9 @@ def main() -> None:
         access_log=False,  # the app writes one canonical line per request itself
         http=HeadLimitedHttpToolsProtocol,  # httptools with a limit on request heads
         proxy_headers=False,  # the app reads X-Forwarded-For itself, validated
+        **websocket_options(settings),
     )
+    StreamEndingServer(config).run()
 
 
 if __name__ == "__main__":

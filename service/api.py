@@ -3,6 +3,7 @@
 from fastapi import APIRouter, FastAPI
 
 from service.auth.router import router as auth_router
+from service.events.router import router as events_router
 from service.health.router import router as health_router
 from service.item_files.router import router as item_files_router
 from service.items.router import router as items_router
@@ -17,6 +18,7 @@ API_PREFIX = "/api/v1"
 API_ROUTERS: tuple[APIRouter, ...] = (
     item_files_router,
     items_router,
+    events_router,
     jobs_router,
     auth_router,
     users_router,

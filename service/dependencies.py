@@ -24,6 +24,8 @@ from service.auth.stream_tickets import StreamTickets
 from service.cache.declared import AnswerCache
 from service.cache.scoped import UserScopedCache
 from service.cache.setup import Caches
+from service.events.fanout import EventPublisher
+from service.events.setup import LiveEvents
 from service.jobs.setup import Jobs
 from service.lifespan import AppState
 from service.observability.jobs import current_traceparent
@@ -117,6 +119,14 @@ async def get_stream_tickets(request: Request) -> StreamTickets:
     return StreamTickets(state["caches"].store, state["settings"].auth.stream_ticket_ttl_seconds)
 
 
+async def get_live_events(request: Request) -> LiveEvents:
+    return state_of(request)["live_events"]
+
+
+async def get_event_publisher(request: Request) -> EventPublisher:
+    return state_of(request)["live_events"].publisher
+
+
 async def get_jobs(request: Request) -> Jobs:
     return state_of(request)["jobs"]
 
@@ -145,6 +155,8 @@ AnswerCacheDep = Annotated[AnswerCache, Depends(get_answer_cache)]
 CachesDep = Annotated[Caches, Depends(get_caches)]
 LoginLimiterDep = Annotated[LoginRateLimiter, Depends(get_login_limiter)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
+LiveEventsDep = Annotated[LiveEvents, Depends(get_live_events)]
+EventPublisherDep = Annotated[EventPublisher, Depends(get_event_publisher)]
 ReadSessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_read_sessionmaker)]
 StreamTicketsDep = Annotated[StreamTickets, Depends(get_stream_tickets)]
 JobOriginDep = Annotated[JobOrigin, Depends(get_job_origin)]

@@ -22,6 +22,7 @@ from service.auth.security import AccessTokenCodec, PasswordHasher
 from service.cache.setup import Caches, build_caches
 from service.db.migrate import upgrade_to_head
 from service.db.session import create_engine, create_read_sessionmaker, create_sessionmaker
+from service.events.setup import LiveEvents, start_live_events
 from service.health.lifecycle import Lifecycle
 from service.jobs.setup import Jobs, start_jobs
 from service.observability import setup as observability
@@ -44,6 +45,7 @@ class AppState(TypedDict):
     access_tokens: AccessTokenCodec
     api_keys: ApiKeyAuthenticator
     jobs: Jobs
+    live_events: LiveEvents
 
 
 def make_lifespan(
@@ -59,6 +61,7 @@ def make_lifespan(
         passwords = PasswordHasher(settings.auth)
         api_keys: ApiKeyAuthenticator | None = None
         jobs: Jobs | None = None
+        live_events: LiveEvents | None = None
         try:
             await _wait_for_database(engine, settings)
             if settings.should_auto_migrate:
@@ -81,22 +84,29 @@ def make_lifespan(
                 answers=caches.answers,
                 tracer_provider=tracer_provider,
             )
+            read_sessionmaker = create_read_sessionmaker(engine, settings.database)
+            live_events = start_live_events(settings, read_sessionmaker)
+            lifecycle.stream_enders.append(live_events.end_streams)
+            caches.auth.invalidation_listeners.append(live_events.publisher.credentials_changed)
             yield AppState(
                 settings=settings,
                 lifecycle=lifecycle,
                 engine=engine,
                 sessionmaker=sessionmaker,
-                read_sessionmaker=create_read_sessionmaker(engine, settings.database),
+                read_sessionmaker=read_sessionmaker,
                 caches=caches,
                 login_limiter=LoginRateLimiter(caches.store, settings.rate_limit),
                 passwords=passwords,
                 access_tokens=AccessTokenCodec(settings.auth),
                 api_keys=api_keys,
                 jobs=jobs,
+                live_events=live_events,
             )
         finally:
             lifecycle.begin_draining()
             passwords.close()
+            if live_events is not None:
+                await live_events.close()
             if jobs is not None:
                 await jobs.close()
             if api_keys is not None:

@@ -26,7 +26,7 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from service.http_protocol import HeadLimitedHttpToolsProtocol
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,31 @@ def tune_garbage_collector(young_threshold: int) -> None:
     gc.set_threshold(young_threshold, middle, oldest)
 
 
-class DrainingServer(Server):
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's WebSocket options from settings: pings as heartbeats (a peer that misses one
+    is dropped), and the largest message a client may send (then 1009)."""
+    realtime = settings.realtime
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": realtime.max_message_bytes,
+        "ws_ping_interval": realtime.heartbeat_seconds,
+        "ws_ping_timeout": realtime.heartbeat_seconds,
+    }
+
+
+class StreamEndingServer(Server):
+    """uvicorn's server, which lets the app end its event streams before its own shutdown
+    (SIGTERM after the drain, SIGINT, a worker recycled by max_requests): uvicorn would close
+    WebSockets with 1012 and wait on every SSE response until the graceful timeout."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        lifecycle = getattr(getattr(self.config.loaded_app, "state", None), "lifecycle", None)
+        if lifecycle is not None:
+            await lifecycle.end_streams()
+        await super().shutdown(sockets=sockets)
+
+
+class DrainingServer(StreamEndingServer):
     """uvicorn's server, with the drain on the first SIGTERM and the collector tuned once ready.
 
     ``on_drain`` is where the drain starts: called once, on the event loop, when the first
@@ -103,6 +127,11 @@ class DrainingUvicornWorker(UvicornWorker):
         "proxy_headers": False,
         "server_header": False,
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, value in websocket_options(get_settings()).items():
+            setattr(self.config, name, value)
 
     def run(self) -> None:
         """gunicorn's entry point in the forked worker (uvicorn_worker's own goes through its

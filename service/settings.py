@@ -265,6 +265,73 @@ class JobsSettings(BaseModel):
         return max(2 * self.time_limit_seconds, 600.0)
 
 
+class RealtimeSettings(BaseModel):
+    """Live item events over WebSocket and Server-Sent Events (docs/realtime.md)."""
+
+    max_streams_per_user: Annotated[
+        int, Field(ge=1, description="Open streams one user may hold on one worker (then 429).")
+    ] = 5
+    max_streams_per_worker: Annotated[
+        int, Field(ge=1, description="Open streams per worker process (then 503 / close 1013).")
+    ] = 2000
+    queue_size: Annotated[
+        int,
+        Field(
+            ge=10,
+            description="Messages waiting for one slow client; when full the stream is closed "
+            "(slow_consumer) rather than buffered without limit.",
+        ),
+    ] = 1000
+    replay_limit: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Most events one resume replays; further behind, the client gets a "
+            "reset and reloads.",
+        ),
+    ] = 500
+    retention_hours: Annotated[
+        float, Field(gt=0, description="How long events are kept for resuming streams.")
+    ] = 24.0
+    catch_up_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="How often each worker compares its streams with the event counters: "
+            "the longest delay of an event whose message was lost.",
+        ),
+    ] = 5.0
+    heartbeat_seconds: Annotated[
+        float, Field(gt=0, description="WebSocket pings and SSE comment lines on idle streams.")
+    ] = 15.0
+    auth_timeout_seconds: Annotated[
+        float,
+        Field(gt=0, description="A WebSocket without credentials must send them within this."),
+    ] = 5.0
+    max_stream_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Longest life of a stream authenticated without an expiry (ticket, API "
+            "key); token streams end when the token expires. Clients reconnect.",
+        ),
+    ] = 3600.0
+    max_message_bytes: Annotated[
+        int, Field(ge=128, description="Largest WebSocket message a client may send (then 1009).")
+    ] = 4096
+    shutdown_wait_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="At shutdown, how long streams get to send their last message and close "
+            "(within the server's graceful timeout).",
+        ),
+    ] = 3.0
+    reconnect_hint_seconds: Annotated[
+        float, Field(gt=0, description="The SSE retry: a client waits this before reconnecting.")
+    ] = 1.0
+
+
 class HttpSettings(BaseModel):
     host: Annotated[str, Field(description="Address `python -m service` binds.")] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65_535, description="Port `python -m service` binds.")] = (
@@ -584,6 +651,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     api_keys: ApiKeySettings = ApiKeySettings()
     jobs: JobsSettings = JobsSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
     http: HttpSettings = HttpSettings()
     redis_url: Annotated[
         str | None,

@@ -113,6 +113,19 @@ class ApiKeyAuthenticator:
         self._note_use(parts.key_id)
         return grant.principal
 
+    async def still_grants(self, raw: str, *, session: AsyncSession) -> Principal | None:
+        """What the key grants now, from the database (no cache, no failure counting): an
+        open event stream checks its key again when the owner's credentials change."""
+        parts = parse_api_key(raw)
+        grant = None if parts is None else await self._load(session, parts.key_id)
+        if parts is None or not isinstance(grant, KeyGrant):
+            return None
+        if not api_key_secret_matches(parts.secret, grant.secret_hash):
+            return None
+        if grant.expires_at is not None and grant.expires_at <= time.time():
+            return None
+        return grant.principal
+
     async def _load(self, session: AsyncSession, key_id: str) -> KeyGrant | str:
         """The key's grant from the database, or why it grants nothing."""
         row = (

@@ -8,6 +8,7 @@ current version, on any worker.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from service.cache.resilient import Cache
@@ -40,6 +41,9 @@ class UserScopedCache:
         self.cache = cache
         self.ttl_seconds = ttl_seconds
         self._base = base
+        # Told each user whose entries were invalidated. Every credential change invalidates
+        # the auth cache: open event streams listen here to check theirs again (service/events).
+        self.invalidation_listeners: list[Callable[[int], Awaitable[None]]] = []
 
     def _version_key(self, user_id: int) -> str:
         return f"{self._base}:v:{user_id}"
@@ -67,3 +71,5 @@ class UserScopedCache:
             ttl_seconds=self.ttl_seconds * 2,
             entries_ttl_seconds=self.ttl_seconds,
         )
+        for listener in self.invalidation_listeners:
+            await listener(user_id)

@@ -2,6 +2,7 @@
 
 from service.auth.models import AuthSession, RefreshToken
 from service.db.base import Base
+from service.events.models import EventSequence, ItemEvent
 from service.items.models import Item
 from service.jobs.models import Job
 from service.service_accounts.models import ApiKey, ServiceAccount
@@ -11,7 +12,9 @@ __all__ = [
     "ApiKey",
     "AuthSession",
     "Base",
+    "EventSequence",
     "Item",
+    "ItemEvent",
     "Job",
     "RefreshToken",
     "ServiceAccount",

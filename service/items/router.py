@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends, Query, status
 
 from service.auth.dependencies import ItemsReader, ItemsWriter
 from service.cache.declared import cached
-from service.dependencies import AnswerCacheDep, SessionDep
+from service.dependencies import AnswerCacheDep, EventPublisherDep, SessionDep
 from service.items import service
 from service.items.dependencies import ItemId, VisibleItem
 from service.items.models import ItemStatus
@@ -24,9 +24,15 @@ CACHED: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an item")
 async def create_item(
-    data: ItemCreate, viewer: ItemsWriter, session: SessionDep, cache: AnswerCacheDep
+    data: ItemCreate,
+    viewer: ItemsWriter,
+    session: SessionDep,
+    cache: AnswerCacheDep,
+    events: EventPublisherDep,
 ) -> ItemRead:
-    item = await service.create_item(session=session, cache=cache, owner=viewer, data=data)
+    item = await service.create_item(
+        session=session, cache=cache, events=events, owner=viewer, data=data
+    )
     return ItemRead.model_validate(item)
 
 
@@ -78,9 +84,15 @@ async def get_item(item_id: ItemId, viewer: ItemsReader, session: SessionDep) ->
     responses=NOT_FOUND,
 )
 async def update_item(
-    data: ItemUpdate, item: VisibleItem, session: SessionDep, cache: AnswerCacheDep
+    data: ItemUpdate,
+    item: VisibleItem,
+    session: SessionDep,
+    cache: AnswerCacheDep,
+    events: EventPublisherDep,
 ) -> ItemRead:
-    updated = await service.update_item(session=session, cache=cache, item=item, data=data)
+    updated = await service.update_item(
+        session=session, cache=cache, events=events, item=item, data=data
+    )
     return ItemRead.model_validate(updated)
 
 
@@ -90,5 +102,7 @@ async def update_item(
     summary="Delete an item",
     responses=NOT_FOUND,
 )
-async def delete_item(item: VisibleItem, session: SessionDep, cache: AnswerCacheDep) -> None:
-    await service.delete_item(session=session, cache=cache, item=item)
+async def delete_item(
+    item: VisibleItem, session: SessionDep, cache: AnswerCacheDep, events: EventPublisherDep
+) -> None:
+    await service.delete_item(session=session, cache=cache, events=events, item=item)

@@ -11,9 +11,13 @@ from sqlalchemy.sql.elements import UnaryExpression
 from service.auth.principal import Principal
 from service.cache.declared import AnswerCache, CacheNamespace
 from service.errors import NotFoundError
+from service.events.fanout import EventPublisher
+from service.events.models import ItemEvent
+from service.events.schemas import ItemEventKind
+from service.events.service import record_item_event
 from service.items.metrics import ITEMS_CREATED, ITEMS_DELETED
 from service.items.models import Item, ItemStatus
-from service.items.schemas import ItemCreate, ItemSort, ItemUpdate
+from service.items.schemas import ItemCreate, ItemRead, ItemSort, ItemUpdate
 from service.schemas import PageParams
 
 log = structlog.get_logger(__name__)
@@ -43,13 +47,21 @@ class ItemFilters:
 
 
 async def create_item(
-    *, session: AsyncSession, cache: AnswerCache, owner: Principal, data: ItemCreate
+    *,
+    session: AsyncSession,
+    cache: AnswerCache,
+    events: EventPublisher,
+    owner: Principal,
+    data: ItemCreate,
 ) -> Item:
     item = Item(owner_id=owner.id, **data.model_dump())
     session.add(item)
+    await session.flush()
+    event = await _record(session, ItemEventKind.created, item)
     await session.commit()
     # After the commit: a reader that sees the new version also sees the new row.
     await cache.invalidate(ITEMS_CACHE, owner.id)
+    await events.item_changed(event)
     log.info("item_created", item_id=item.id, owner_id=owner.id)
     ITEMS_CREATED.inc()
     return item
@@ -82,22 +94,48 @@ async def list_items(
 
 
 async def update_item(
-    *, session: AsyncSession, cache: AnswerCache, item: Item, data: ItemUpdate
+    *,
+    session: AsyncSession,
+    cache: AnswerCache,
+    events: EventPublisher,
+    item: Item,
+    data: ItemUpdate,
 ) -> Item:
     for field, value in data.model_dump(exclude_unset=True).items():
         setattr(item, field, value)
+    await session.flush()
+    event = await _record(session, ItemEventKind.updated, item)
     await session.commit()
     await cache.invalidate(ITEMS_CACHE, item.owner_id)
+    await events.item_changed(event)
     log.info("item_updated", item_id=item.id)
     return item
 
 
-async def delete_item(*, session: AsyncSession, cache: AnswerCache, item: Item) -> None:
+async def delete_item(
+    *, session: AsyncSession, cache: AnswerCache, events: EventPublisher, item: Item
+) -> None:
     await session.delete(item)
+    await session.flush()
+    event = await _record(session, ItemEventKind.deleted, item)
     await session.commit()
     await cache.invalidate(ITEMS_CACHE, item.owner_id)
+    await events.item_changed(event)
     log.info("item_deleted", item_id=item.id)
     ITEMS_DELETED.inc()
+
+
+async def _record(session: AsyncSession, kind: ItemEventKind, item: Item) -> ItemEvent:
+    """The change's event, in its transaction (the outbox): committed with it, or not at all.
+    Live streams get it after the commit (EventPublisher), or read it from the log."""
+    state = (
+        None
+        if kind is ItemEventKind.deleted
+        else ItemRead.model_validate(item).model_dump(mode="json")
+    )
+    return await record_item_event(
+        session=session, kind=kind, owner_id=item.owner_id, item_id=item.id, item=state
+    )
 
 
 async def count_visible_items(

@@ -11,6 +11,7 @@ from service.auth.sessions import revoke_all_sessions
 from service.cache.scoped import UserScopedCache
 from service.cache.setup import Caches
 from service.errors import EmailTakenError, LastAdminError, NotFoundError, WrongPasswordError
+from service.events.service import forget_owner
 from service.schemas import PageParams
 from service.settings import AuthSettings
 from service.users.models import Role, User
@@ -129,6 +130,7 @@ async def delete_user(*, session: AsyncSession, caches: Caches, user: User) -> N
     if user.role == Role.admin and user.is_active:
         await _refuse_removing_last_admin(session=session, user=user)
     await session.delete(user)
+    await forget_owner(session=session, owner_id=user.id)
     await session.commit()
     await caches.invalidate_user(user.id)
     log.info("user_deleted", user_id=user.id)

@@ -1,0 +1,82 @@
+"""The event log: record an event in the writer's transaction, read it back for a replay."""
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.events.models import EventSequence, ItemEvent
+from service.events.schemas import ItemEventKind
+
+
+async def record_item_event(
+    *,
+    session: AsyncSession,
+    kind: ItemEventKind,
+    owner_id: int,
+    item_id: int,
+    item: dict[str, Any] | None,
+) -> ItemEvent:
+    """Adds the event to the caller's transaction: it exists exactly when the change does."""
+    event = ItemEvent(
+        owner_id=owner_id,
+        seq=await _next_seq(session, owner_id),
+        kind=kind.value,
+        item_id=item_id,
+        item=item,
+    )
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def _next_seq(session: AsyncSession, owner_id: int) -> int:
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    bump = (
+        dialect.insert(EventSequence)
+        .values(owner_id=owner_id, last_seq=1)
+        .on_conflict_do_update(
+            index_elements=[EventSequence.owner_id],
+            set_={"last_seq": EventSequence.last_seq + 1},
+        )
+        .returning(EventSequence.last_seq)
+    )
+    return int((await session.execute(bump)).scalar_one())
+
+
+async def events_after(
+    *, session: AsyncSession, owner_id: int, after: int, limit: int
+) -> list[ItemEvent]:
+    rows = await session.scalars(
+        select(ItemEvent)
+        .where(ItemEvent.owner_id == owner_id, ItemEvent.seq > after)
+        .order_by(ItemEvent.seq)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def last_seqs(*, session: AsyncSession, owner_ids: Iterable[int]) -> dict[int, int]:
+    """Each owner's last event number (0: none yet)."""
+    owners = list(owner_ids)
+    rows = await session.execute(
+        select(EventSequence.owner_id, EventSequence.last_seq).where(
+            EventSequence.owner_id.in_(owners)
+        )
+    )
+    found = {int(owner): int(seq) for owner, seq in rows}
+    return {owner: found.get(owner, 0) for owner in owners}
+
+
+async def forget_owner(*, session: AsyncSession, owner_id: int) -> None:
+    """A deleted account's events and counter (in the deletion's transaction)."""
+    await session.execute(delete(ItemEvent).where(ItemEvent.owner_id == owner_id))
+    await session.execute(delete(EventSequence).where(EventSequence.owner_id == owner_id))
+
+
+async def delete_events_before(*, session: AsyncSession, cutoff: datetime) -> int:
+    result = await session.execute(delete(ItemEvent).where(ItemEvent.created_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]

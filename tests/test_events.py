@@ -1,0 +1,271 @@
+"""Live item events over WebSocket and SSE, one app on a real uvicorn server, on PostgreSQL
+with Redis and on the embedded SQLite default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.events.schemas import ItemEventKind
+from service.events.service import record_item_event
+from service.lifespan import AppState
+from service.main import create_app
+from service.settings import RealtimeSettings, Settings
+from service.users.models import Role
+from tests.conftest import make_settings, started
+from tests.factories import API, Account, assert_problem, make_account, make_item
+from tests.streams import serving, sse, websocket
+
+
+@dataclass
+class Live:
+    url: str
+    client: httpx.AsyncClient
+    state: AppState
+
+
+@contextlib.asynccontextmanager
+async def live_app(settings: Settings) -> AsyncIterator[Live]:
+    async with (
+        started(create_app(settings)) as (served, state),
+        serving(served, settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        yield Live(url, client, state)
+
+
+def realtime_settings(base: Settings, **realtime: Any) -> Settings:
+    return make_settings(
+        base.database.url,
+        base.redis_url,
+        realtime=RealtimeSettings(**{"catch_up_seconds": 0.5, **realtime}),
+    )
+
+
+@pytest.fixture
+async def live(settings: Settings, empty_database: AsyncEngine) -> AsyncIterator[Live]:
+    async with live_app(realtime_settings(settings)) as running:
+        yield running
+
+
+async def change_item(live: Live, account: Account) -> list[tuple[str, int]]:
+    """Creates, updates and deletes an item: the three events, as (type, item id)."""
+    item = await make_item(live.client, account, title="Prune the roses")
+    path = f"{API}/items/{item['id']}"
+    response = await live.client.patch(path, json={"status": "doing"}, headers=account.headers)
+    assert response.status_code == 200, response.text
+    assert (await live.client.delete(path, headers=account.headers)).status_code == 204
+    return [(kind, item["id"]) for kind in ("item.created", "item.updated", "item.deleted")]
+
+
+async def test_sse_delivers_your_item_events_in_order_and_nobody_elses(live: Live) -> None:
+    owner, stranger = await make_account(live.client), await make_account(live.client)
+    async with sse(live.url, owner.headers) as stream:
+        assert stream.response.status_code == 200
+        assert stream.response.headers["content-type"].startswith("text/event-stream")
+        await make_item(live.client, stranger)  # not the owner's: never on this stream
+        expected = await change_item(live, owner)
+        events = [await stream.next() for _ in expected]
+    assert [(e["event"], e["data"]["item_id"]) for e in events] == expected
+    assert [e["id"] for e in events] == ["1", "2", "3"]
+    created, updated, deleted = (e["data"] for e in events)
+    assert created["item"]["title"] == "Prune the roses"
+    assert created["owner_id"] == owner.id
+    assert updated["item"]["status"] == "doing"
+    assert updated["item"]["updated_at"] >= created["item"]["updated_at"]
+    assert deleted["item"] is None
+    assert deleted["type"] == "item.deleted"
+
+
+async def test_a_websocket_authenticates_in_its_protocol_header_and_gets_the_events(
+    live: Live,
+) -> None:
+    owner = await make_account(live.client)
+    async with websocket(live.url, owner.access_token) as socket:
+        assert socket.connection.subprotocol == "glasshouse.events.v1"
+        assert (await socket.next())["type"] == "stream.ready"
+        expected = await change_item(live, owner)
+        events = [await socket.next() for _ in expected]
+    assert [(e["type"], e["item_id"]) for e in events] == expected
+    assert [e["id"] for e in events] == [1, 2, 3]
+
+
+async def test_a_websocket_may_authenticate_with_its_first_message_instead(live: Live) -> None:
+    owner = await make_account(live.client)
+    async with websocket(live.url) as socket:
+        await socket.connection.send(f'{{"type": "auth", "token": "{owner.access_token}"}}')
+        assert (await socket.next())["type"] == "stream.ready"
+        await make_item(live.client, owner)
+        assert (await socket.next())["type"] == "item.created"
+
+
+async def test_a_websocket_without_credentials_is_closed_after_the_deadline(
+    settings: Settings, empty_database: AsyncEngine
+) -> None:
+    async with live_app(realtime_settings(settings, auth_timeout_seconds=0.5)) as live:
+        owner = await make_account(live.client)
+        # A token in the query string is not a credential: it would end up in access logs.
+        async with websocket(live.url, token=None, token_=owner.access_token) as socket:
+            started_at = time.monotonic()
+            assert await socket.close_code() == (4401, "auth_timeout")
+            assert time.monotonic() - started_at < 3
+        async with websocket(live.url, "not-a-token") as socket:
+            assert await socket.close_code() == (4401, "invalid_token")
+
+
+async def test_resuming_replays_what_was_missed_and_a_reset_when_too_far_behind(
+    settings: Settings, empty_database: AsyncEngine
+) -> None:
+    async with live_app(realtime_settings(settings, replay_limit=5)) as live:
+        owner = await make_account(live.client)
+        for number in range(3):
+            await make_item(live.client, owner, title=f"Item {number}")
+        async with sse(live.url, {**owner.headers, "Last-Event-ID": "1"}) as stream:
+            assert [(await stream.next())["id"] for _ in range(2)] == ["2", "3"]
+        async with websocket(live.url, owner.access_token, last_event_id=2) as socket:
+            assert (await socket.next())["type"] == "stream.ready"
+            assert (await socket.next())["id"] == 3
+        for number in range(6):
+            await make_item(live.client, owner, title=f"More {number}")
+        async with sse(live.url, {**owner.headers, "Last-Event-ID": "0"}) as stream:
+            reset = await stream.next()
+            assert (reset["event"], reset["id"], reset["data"]) == (
+                "stream.reset",
+                "9",
+                {"type": "stream.reset", "id": 9},
+            )
+            await make_item(live.client, owner)
+            assert (await stream.next())["id"] == "10"
+
+
+async def test_an_event_whose_message_was_never_published_still_arrives(live: Live) -> None:
+    """A process that crashed between its commit and its publish: the event is in the log,
+    and the streams' counter check finds it (catch_up_seconds, 0.5 s here)."""
+    owner = await make_account(live.client)
+    async with sse(live.url, owner.headers) as stream:
+        await asyncio.sleep(0.2)  # the stream has read the owner's counter
+        async with live.state["sessionmaker"]() as session:
+            await record_item_event(
+                session=session,
+                kind=ItemEventKind.deleted,
+                owner_id=owner.id,
+                item_id=12345,
+                item=None,
+            )
+            await session.commit()
+        started_at = time.monotonic()
+        event = await stream.next(within=5)
+        assert (event["id"], event["data"]["item_id"]) == ("1", 12345)
+        assert time.monotonic() - started_at < 2
+
+
+@pytest.mark.parametrize("revoke", ["logout", "password_change", "deactivation", "deletion"])
+async def test_a_revoked_session_closes_its_streams_at_once(
+    live: Live, revoke: str, set_role: Any
+) -> None:
+    owner = await make_account(live.client)
+    admin = await make_account(live.client)
+    await set_role(admin.id, Role.admin)
+    async with (
+        websocket(live.url, owner.access_token) as socket,
+        sse(live.url, owner.headers) as stream,
+    ):
+        assert (await socket.next())["type"] == "stream.ready"
+        await asyncio.sleep(0.2)
+        started_at = time.monotonic()
+        if revoke == "logout":
+            response = await live.client.post(
+                f"{API}/auth/logout",
+                json={"refresh_token": owner.refresh_token},
+                headers=owner.headers,
+            )
+        elif revoke == "password_change":
+            response = await live.client.post(
+                f"{API}/users/me/password",
+                json={"current_password": owner.password, "new_password": "another-horse-42"},
+                headers=owner.headers,
+            )
+        elif revoke == "deactivation":
+            response = await live.client.patch(
+                f"{API}/users/{owner.id}", json={"is_active": False}, headers=admin.headers
+            )
+        else:
+            response = await live.client.delete(f"{API}/users/me", headers=owner.headers)
+        assert response.is_success, response.text
+        assert await socket.close_code() == (4401, "credentials_revoked")
+        closing = await stream.next()
+        assert closing["event"] == "stream.closing"
+        assert closing["data"]["reason"] == "credentials_revoked"
+        assert time.monotonic() - started_at < 5
+    async with sse(live.url, owner.headers) as refused:
+        assert refused.response.status_code == 401
+
+
+async def test_limits_per_user_and_per_worker_refuse_clearly(
+    settings: Settings, empty_database: AsyncEngine
+) -> None:
+    limits = {"max_streams_per_user": 2, "max_streams_per_worker": 3}
+    async with live_app(realtime_settings(settings, **limits)) as live:
+        owner, other = await make_account(live.client), await make_account(live.client)
+        async with sse(live.url, owner.headers), websocket(live.url, owner.access_token) as ws:
+            assert (await ws.next())["type"] == "stream.ready"
+            async with sse(live.url, owner.headers) as refused:
+                assert refused.response.status_code == 429
+                await refused.response.aread()
+                assert_problem(refused.response, 429, "too_many_requests")
+            async with websocket(live.url, owner.access_token) as refused_ws:
+                assert await refused_ws.close_code() == (4429, "too_many_streams")
+            async with sse(live.url, other.headers) as third:
+                assert third.response.status_code == 200
+                async with sse(live.url, other.headers) as full:
+                    assert full.response.status_code == 503
+                    await full.response.aread()
+                    assert_problem(full.response, 503, "server_busy")
+
+
+async def test_admins_may_watch_everyone_and_users_may_not(live: Live, set_role: Any) -> None:
+    admin, user = await make_account(live.client), await make_account(live.client)
+    await set_role(admin.id, Role.admin)
+    async with sse(live.url, user.headers, all="true") as refused:
+        assert refused.response.status_code == 403
+    async with websocket(live.url, user.access_token, all="true") as refused_ws:
+        assert await refused_ws.close_code() == (4403, "forbidden")
+    async with sse(live.url, admin.headers, all="true") as stream:
+        await make_item(live.client, user, title="Seen by the admin")
+        event = await stream.next()
+    assert event["data"]["owner_id"] == user.id
+    assert event["id"] is None  # live only: nothing to resume from
+
+
+async def test_shutdown_ends_every_stream_with_going_away(live: Live) -> None:
+    owner = await make_account(live.client)
+    async with (
+        websocket(live.url, owner.access_token) as socket,
+        sse(live.url, owner.headers) as stream,
+    ):
+        assert (await socket.next())["type"] == "stream.ready"
+        await asyncio.sleep(0.2)
+        await live.state["live_events"].end_streams()
+        assert await socket.close_code() == (1001, "server_shutdown")
+        closing = await stream.next()
+        assert closing["data"]["reason"] == "server_shutdown"
+        assert stream.retry_ms == 1000
+    assert live.state["live_events"].hub.open_streams == 0
+
+
+async def test_bad_stream_input_gets_a_4xx(live: Live) -> None:
+    owner = await make_account(live.client)
+    async with sse(live.url, {**owner.headers, "Last-Event-ID": "-1"}) as stream:
+        assert stream.response.status_code == 422
+    async with websocket(live.url, owner.access_token) as socket:
+        assert (await socket.next())["type"] == "stream.ready"
+        await socket.connection.send("x" * 10_000)
+        assert (await socket.close_code())[0] == 1009
