@@ -18,7 +18,7 @@ CONCURRENCY = 6
 
 
 @pytest.fixture(scope="module")
-def drills(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Drill]:
+def drills(tmp_path_factory: pytest.TempPathFactory, steady_timing: None) -> dict[str, Drill]:
     workdir: Path = tmp_path_factory.mktemp("drills")
     return {drill.name: drill for drill in run_drills(workdir, concurrency=CONCURRENCY)}
 
