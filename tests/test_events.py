@@ -8,19 +8,24 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db.base import utc_now
+from service.events.models import ItemEvent
 from service.events.schemas import ItemEventKind
 from service.events.service import record_item_event
 from service.lifespan import AppState
 from service.main import create_app
 from service.settings import RealtimeSettings, Settings
 from service.users.models import Role
-from tests.conftest import make_settings, started
+from tests.conftest import LogFile, make_settings, started
 from tests.factories import API, Account, assert_problem, make_account, make_item
 from tests.streams import serving, sse, websocket
 
@@ -269,3 +274,53 @@ async def test_bad_stream_input_gets_a_4xx(live: Live) -> None:
         assert (await socket.next())["type"] == "stream.ready"
         await socket.connection.send("x" * 10_000)
         assert (await socket.close_code())[0] == 1009
+
+
+async def test_a_websocket_is_one_span_and_one_access_line_however_many_messages(
+    settings: Settings, empty_database: AsyncEngine, json_logs: LogFile
+) -> None:
+    exporter = InMemorySpanExporter()
+    app = create_app(realtime_settings(settings), span_exporter=exporter)
+    async with (
+        started(app) as (served, _),
+        serving(served, settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        owner = await make_account(client)
+        async with websocket(url, owner.access_token) as socket:
+            assert (await socket.next())["type"] == "stream.ready"
+            for number in range(3):
+                await make_item(client, owner, title=f"Item {number}")
+            assert [(await socket.next())["id"] for _ in range(3)] == [1, 2, 3]
+            exporter.clear()
+        await asyncio.sleep(0.3)  # the server sees the close
+    spans = [s for s in exporter.get_finished_spans() if s.name == "WS /api/v1/ws"]
+    assert len(spans) == 1
+    assert spans[0].kind.name == "SERVER"
+    line = next(line for line in json_logs.access_lines() if line["method"] == "WS")
+    assert (line["route"], line["status"], line["user_id"]) == ("/api/v1/ws", 101, owner.id)
+    assert line["close_code"] is None  # the client closed it
+    assert line["trace_id"] == format(spans[0].context.trace_id, "032x")
+
+
+async def test_events_past_the_retention_window_are_swept_and_a_resume_gets_a_reset(
+    live: Live, empty_database: AsyncEngine
+) -> None:
+    owner = await make_account(live.client)
+    for number in range(3):
+        await make_item(live.client, owner, title=f"Item {number}")
+    async with empty_database.begin() as connection:
+        await connection.execute(
+            update(ItemEvent)
+            .where(ItemEvent.seq < 3)
+            .values(created_at=utc_now() - timedelta(hours=25))
+        )
+    sweeper = live.state["jobs"].sweeper
+    assert sweeper is not None
+    await sweeper.sweep()
+    async with empty_database.connect() as connection:
+        kept = (await connection.execute(select(ItemEvent.seq))).scalars().all()
+    assert kept == [3]
+    async with sse(live.url, {**owner.headers, "Last-Event-ID": "0"}) as stream:
+        reset = await stream.next()
+    assert (reset["event"], reset["id"]) == ("stream.reset", "3")

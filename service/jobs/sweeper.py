@@ -1,9 +1,10 @@
 """The sweeper: requeues jobs whose worker died (lease lapsed), sends retries when they come
-due, deletes expired files, and measures the queue. One process sweeps at a time (a lock in
-Redis; without Redis there is only one process)."""
+due, deletes expired files and old live events, and measures the queue. One process sweeps at
+a time (a lock in Redis; without Redis there is only one process)."""
 
 import asyncio
 import contextlib
+from datetime import timedelta
 
 import structlog
 from redis.asyncio import Redis
@@ -11,6 +12,8 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.db.base import utc_now
+from service.events.service import delete_events_before
 from service.jobs import service
 from service.jobs.events import JobEvents
 from service.jobs.metrics import JOBS_FAILED, QUEUE_GAUGES
@@ -111,6 +114,11 @@ class Sweeper:
             expired = await service.expire_files(session=session)
         for key in expired:
             await self.storage.delete(key)
+        # Live events older than the resume window (service/events): one process does it.
+        cutoff = utc_now() - timedelta(hours=self.settings.realtime.retention_hours)
+        async with self.sessionmaker() as session:
+            if await delete_events_before(session=session, cutoff=cutoff):
+                await session.commit()
         async with self.sessionmaker() as session:
             depth, oldest = await service.queue_stats(session=session)
         QUEUE_GAUGES.record(depth, oldest)

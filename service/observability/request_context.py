@@ -143,6 +143,9 @@ class RequestContextMiddleware:
         self._bind_request_id = log_context_setter("request_id")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -252,6 +255,83 @@ class RequestContextMiddleware:
             if self.access_log_enabled and (status >= 400 or not probe):
                 _log_access(scope, route, status, response_bytes, seconds, span_context)
             clear_log_context()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket is one connection, however many messages it carries: one request ID,
+        one server span (not one per message) and one access line when it closes, with the
+        close code and reason."""
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        request_id = accepted_request_id(
+            (headers.get(b"x-request-id") or b"").decode("latin-1") or None
+        )
+        scope.setdefault("state", {})["request_id"] = request_id
+        trace_headers = {
+            name.decode(): value.decode("latin-1")
+            for name, value in headers.items()
+            if name in PROPAGATION_HEADERS
+        }
+        span = None
+        if self.server_spans is not None:
+            span = self.server_spans.start(
+                {**scope, "method": "GET"}, trace_headers or None, request_id
+            )
+        token = otel_context.attach(trace.set_span_in_context(span)) if span else None
+        self._bind_request_id(request_id)
+        closed: dict[str, Any] = {"status": 403}  # refused before the handshake, as uvicorn does
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                closed["status"] = 101
+            elif message["type"] == "websocket.close":
+                closed["close_code"] = message.get("code", 1000)
+                closed["close_reason"] = message.get("reason") or None
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception as exc:
+            error_log.exception("unhandled_exception", path=scope["path"])
+            closed["status"] = 500
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            route = self.routes.template(scope.get("route"))
+            span_context = span.get_span_context() if span else outer_span_context()
+            if span is not None and token is not None:
+                if span.is_recording():
+                    ServerSpans.describe(span, "WS", route=route, status=closed["status"])
+                    _describe_close(span, closed)
+                span.end()
+                otel_context.detach(token)
+            if self.access_log_enabled:
+                fields: dict[str, Any] = {
+                    "method": "WS",
+                    "route": route,
+                    "path": scope["path"],
+                    "status": closed["status"],
+                    "close_code": closed.get("close_code"),
+                    "close_reason": closed.get("close_reason"),
+                    "duration_ms": int((time.perf_counter() - started) * 100_000 + 0.5) / 100,
+                    "client": "{}:{}".format(*scope["client"]) if scope.get("client") else None,
+                }
+                write_access_line(fields, failed=closed["status"] >= 500, span_context=span_context)
+            clear_log_context()
+
+
+def _describe_close(span: trace.Span, closed: dict[str, Any]) -> None:
+    code = closed.get("close_code")
+    if code is None:
+        return
+    span.set_attribute("websocket.close.code", code)
+    # The reasons a stream ends other than normally or going away are events on the span.
+    if code not in (1000, 1001):
+        span.add_event(
+            "websocket.closed", {"code": code, "reason": closed.get("close_reason") or ""}
+        )
+        if code == 1011:
+            span.set_status(trace.StatusCode.ERROR)
 
 
 def _describe_outer_span(scope: Scope, request_id: str) -> None:
