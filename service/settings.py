@@ -308,6 +308,14 @@ class RealtimeSettings(BaseModel):
         float,
         Field(gt=0, description="A WebSocket without credentials must send them within this."),
     ] = 5.0
+    send_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="A message the client's connection has not taken within this ends the "
+            "stream (slow_consumer).",
+        ),
+    ] = 10.0
     max_stream_seconds: Annotated[
         float,
         Field(

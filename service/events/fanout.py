@@ -95,6 +95,8 @@ class RedisFanOut:
                 await pubsub.subscribe(self._events_channel, self._credentials_channel)
                 self.subscribed.set()
                 if self._lost:
+                    # Idle pooled connections are from before the outage: Redis closed them.
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
                     self._lost = False
                     log.info("event_fan_out_restored")
                     self._hub.fan_out_restored()

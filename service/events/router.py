@@ -109,7 +109,7 @@ async def item_events(
             reconnect_ms=int(realtime.reconnect_hint_seconds * 1000),
         ),
         ping=realtime.heartbeat_seconds,
-        send_timeout=realtime.heartbeat_seconds,
+        send_timeout=realtime.send_timeout_seconds,
         # Proxies (nginx and others) pass each event on at once instead of buffering.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -154,7 +154,7 @@ async def item_events_socket(
             subscriber,
             resume_after=None if everyone else last_event_id,
             ends_at=credential.ends_at,
-            send_timeout=realtime.heartbeat_seconds,
+            send_timeout=realtime.send_timeout_seconds,
         )
     except StreamLimitError as exc:
         code, reason, label = refusal(exc)

@@ -6,6 +6,8 @@ import contextlib
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.events import metrics
@@ -44,6 +46,8 @@ def start_live_events(
             settings.redis_url,
             socket_connect_timeout=settings.cache.connect_timeout_seconds,
             health_check_interval=int(settings.realtime.heartbeat_seconds),
+            # No retries: they would hold up the write that publishes; the streams catch up.
+            retry=Retry(NoBackoff(), 0),
         )
         publisher = RedisFanOut(
             client,
