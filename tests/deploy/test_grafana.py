@@ -277,6 +277,17 @@ def test_runtime_dashboard_covers_the_dependencies() -> None:
     } <= uses("glasshouse-runtime")
 
 
+def test_runtime_dashboard_covers_the_live_streams() -> None:
+    assert {
+        "glasshouse_streams_open",
+        "glasshouse_streams_refused_total",
+        "glasshouse_stream_messages_sent_total",
+        "glasshouse_stream_messages_dropped_total",
+        "glasshouse_stream_duration_seconds_count",
+        "glasshouse_stream_duration_seconds_bucket",
+    } <= uses("glasshouse-runtime")
+
+
 def test_latency_and_error_panels_link_to_traces() -> None:
     overview = load_dashboard(DEPLOY / "grafana" / "dashboards" / "glasshouse-overview.json")
     links = [

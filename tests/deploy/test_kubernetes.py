@@ -369,7 +369,8 @@ def test_gunicorn_binds_where_the_manifests_point(objects: list[dict[str, Any]])
         "print(json.dumps({'bind': conf['bind'], 'workers': conf['workers'],\n"
         "  'graceful_timeout': conf['graceful_timeout'],\n"
         "  'metrics': [s.observability.metrics_host, s.observability.metrics_port],\n"
-        "  'metrics_dir': s.observability.metrics_dir, 'drain': s.server.drain_seconds}))\n"
+        "  'metrics_dir': s.observability.metrics_dir, 'drain': s.server.drain_seconds,\n"
+        "  'stream_wait': s.realtime.shutdown_wait_seconds}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -396,6 +397,9 @@ def test_gunicorn_binds_where_the_manifests_point(objects: list[dict[str, Any]])
         "terminationGracePeriodSeconds"
     ]
     assert conf["drain"] < conf["graceful_timeout"]
+    # After the drain, the event streams are closed (1001) and waited for before uvicorn's own
+    # shutdown: both inside the graceful timeout, with room for the requests in flight.
+    assert conf["drain"] + conf["stream_wait"] < conf["graceful_timeout"], conf
     assert grace >= conf["graceful_timeout"] + 10, (grace, conf)
     assert grace >= conf["drain"] + conf["graceful_timeout"], (grace, conf)
 

@@ -98,6 +98,9 @@ ALERT_SIGNALS: dict[str, str] = {
     "GlasshouseJobsNotSwept": (
         'count by (namespace) (glasshouse_jobs_queue_depth{job="glasshouse-worker"})'
     ),
+    "GlasshouseStreamSlowConsumers": (
+        'sum by (namespace) (rate(glasshouse_stream_duration_seconds_count{job="glasshouse"}[10m]))'
+    ),
 }
 # Alerts on series the service does not export, with what provides them in a cluster.
 ALERT_NEEDS = {
@@ -269,7 +272,8 @@ def expect(response: httpx.Response, status: int) -> httpx.Response:
 
 
 def drive_traffic(base_url: str) -> None:
-    """What users do, every status class but 5xx: a sound service has none to give."""
+    """What users do, every status class but 5xx: a sound service has none to give; one of
+    them watches the events of their items on a stream for a moment."""
     email, password = f"deploy-{uuid.uuid4().hex[:8]}@example.com", "deploy-e2e-pw-1"
     with httpx.Client(base_url=base_url, timeout=10) as client:
         expect(
@@ -279,15 +283,19 @@ def drive_traffic(base_url: str) -> None:
             client.post("/api/v1/auth/token", data={"username": email, "password": password}), 200
         ).json()
         auth = {"Authorization": f"Bearer {tokens['access_token']}"}
-        ids = [
-            expect(
-                client.post(
-                    "/api/v1/items", headers=auth, json={"title": f"Fern {i}", "priority": 2}
-                ),
-                201,
-            ).json()["id"]
-            for i in range(3)
-        ]
+        with client.stream("GET", "/api/v1/events", headers=auth) as events:
+            expect(events, 200)
+            ids = [
+                expect(
+                    client.post(
+                        "/api/v1/items", headers=auth, json={"title": f"Fern {i}", "priority": 2}
+                    ),
+                    201,
+                ).json()["id"]
+                for i in range(3)
+            ]
+            # The first event arrives; the client leaves (a stream closed, by its client).
+            next(line for line in events.iter_lines() if line.startswith("event: item."))
         for _ in range(2):  # a miss, then a hit
             expect(client.get("/api/v1/items", headers=auth), 200)
             expect(client.get(f"/api/v1/items/{ids[0]}", headers=auth), 200)
@@ -322,6 +330,12 @@ def scraped(service: Gunicorn, prometheus: Prometheus) -> Prometheus:
         lambda: (
             bool(prometheus.query('glasshouse_rate_limited_total{limit="login_client"} > 0'))
             and bool(prometheus.query("glasshouse_items_deleted_total > 0"))
+            and bool(prometheus.query("glasshouse_stream_messages_sent_total > 0"))
+            and bool(
+                prometheus.query(
+                    'glasshouse_stream_duration_seconds_count{reason="client_closed"} > 0'
+                )
+            )
             # The worker's first sweep (a sweep interval after it starts) gives the gauges.
             and bool(prometheus.query('glasshouse_jobs_queue_depth{job="glasshouse-worker"}'))
         ),
