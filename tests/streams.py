@@ -96,11 +96,15 @@ class SseStream:
 async def sse(
     base_url: str, headers: dict[str, str] | None = None, **params: Any
 ) -> AsyncIterator[SseStream]:
+    """An open SSE stream, its first event (stream.ready) read."""
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,
         client.stream("GET", SSE_PATH, headers=headers, params=params) as response,
     ):
-        yield SseStream(response)
+        stream = SseStream(response)
+        if response.status_code == 200:  # its first event says it is live
+            assert (await stream.next())["event"] == "stream.ready"
+        yield stream
 
 
 def ws_url(base_url: str, **params: Any) -> str:

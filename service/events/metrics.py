@@ -13,7 +13,7 @@ DISCONNECT_REASONS = (
     "server_shutdown",
     "server_error",
 )
-REFUSAL_REASONS = ("unauthorized", "forbidden", "too_many_for_user", "worker_full", "draining")
+REFUSAL_REASONS = ("unauthorized", "forbidden", "too_many_for_user", "worker_full")
 
 STREAMS_OPEN = Gauge(
     "glasshouse_streams_open",

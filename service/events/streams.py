@@ -118,6 +118,8 @@ async def sse_events(
 ) -> AsyncIterator[ServerSentEvent]:
     opened = time.monotonic()
     try:
+        # At once, as on a WebSocket: the client knows the stream is live before any event.
+        yield ServerSentEvent(data='{"type":"stream.ready"}', event="stream.ready")
         async for message in _until_end(subscriber, ends_at):
             event_id = None if message.seq is None or subscriber.everyone else str(message.seq)
             yield ServerSentEvent(data=message.data.decode(), event=message.kind, id=event_id)
