@@ -363,3 +363,19 @@ async def test_without_redis_streams_say_so_still_deliver_and_resubscribe(
                 after = await socket.next(within=5)
                 assert (after["id"], after["item"]["title"]) == (3, "After")
                 assert time.monotonic() - started_at < 1  # live, not the 2 s catch-up
+
+
+async def test_an_imports_items_reach_the_stream_from_the_event_log(live: Live) -> None:
+    owner = await make_account(live.client)
+    rows = "title,priority\nFirst,1\nSecond,2\nThird,3\n"
+    async with sse(live.url, owner.headers) as stream:
+        response = await live.client.post(
+            f"{API}/items/imports",
+            files={"file": ("items.csv", rows.encode(), "text/csv")},
+            headers=owner.headers,
+        )
+        assert response.status_code == 202, response.text
+        events = [await stream.next() for _ in range(3)]
+    assert [e["data"]["item"]["title"] for e in events] == ["First", "Second", "Third"]
+    assert [e["id"] for e in events] == ["1", "2", "3"]
+    assert {e["event"] for e in events} == {"item.created"}

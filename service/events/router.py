@@ -37,8 +37,9 @@ Everyone = Annotated[
     Query(alias="all", description="Admins: every user's events, live only (no resume)."),
 ]
 EVENTS_DESCRIPTION = (
-    "`stream.ready` first, then the signed-in user's item events as they commit: `item.created`, `item.updated` (with "
-    "the item as GET /items/{id} answers it) and `item.deleted`. Each event's `id` is the "
+    "`stream.ready` first, then the signed-in user's item events as they commit: "
+    "`item.created`, `item.updated` (with the item as GET /items/{id} answers it) and "
+    "`item.deleted`. Each event's `id` is the "
     "owner's event number, increasing one by one: after a reconnect, EventSource sends it "
     "back as `Last-Event-ID` and the stream replays what was missed (kept "
     "`realtime.retention_hours`), or sends `stream.reset` when too far behind (reload, then "

@@ -1,6 +1,6 @@
 """The event log: record an event in the writer's transaction, read it back for a replay."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,30 +21,45 @@ async def record_item_event(
     item: dict[str, Any] | None,
 ) -> ItemEvent:
     """Adds the event to the caller's transaction: it exists exactly when the change does."""
-    event = ItemEvent(
-        owner_id=owner_id,
-        seq=await _next_seq(session, owner_id),
-        kind=kind.value,
-        item_id=item_id,
-        item=item,
+    [event] = await record_item_events(
+        session=session, kind=kind, owner_id=owner_id, items=[(item_id, item)]
     )
-    session.add(event)
-    await session.flush()
     return event
 
 
-async def _next_seq(session: AsyncSession, owner_id: int) -> int:
+async def record_item_events(
+    *,
+    session: AsyncSession,
+    kind: ItemEventKind,
+    owner_id: int,
+    items: Sequence[tuple[int, dict[str, Any] | None]],
+) -> list[ItemEvent]:
+    """One event per (item id, item state), numbered in one step (an import's batch)."""
+    if not items:
+        return []
+    first = await _take_seqs(session, owner_id, len(items))
+    events = [
+        ItemEvent(owner_id=owner_id, seq=first + n, kind=kind.value, item_id=item_id, item=item)
+        for n, (item_id, item) in enumerate(items)
+    ]
+    session.add_all(events)
+    await session.flush()
+    return events
+
+
+async def _take_seqs(session: AsyncSession, owner_id: int, count: int) -> int:
+    """The first of ``count`` new event numbers for the owner."""
     dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
     bump = (
         dialect.insert(EventSequence)
-        .values(owner_id=owner_id, last_seq=1)
+        .values(owner_id=owner_id, last_seq=count)
         .on_conflict_do_update(
             index_elements=[EventSequence.owner_id],
-            set_={"last_seq": EventSequence.last_seq + 1},
+            set_={"last_seq": EventSequence.last_seq + count},
         )
         .returning(EventSequence.last_seq)
     )
-    return int((await session.execute(bump)).scalar_one())
+    return int((await session.execute(bump)).scalar_one()) - count + 1
 
 
 async def events_after(

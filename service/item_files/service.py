@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.principal import Principal
 from service.cache.declared import AnswerCache
+from service.events.schemas import ItemEventKind
+from service.events.service import record_item_events
 from service.item_files.formats import ExportEncoder, MalformedFileError, read_rows
 from service.item_files.schemas import (
     MEDIA_TYPES,
@@ -22,7 +24,7 @@ from service.item_files.schemas import (
 )
 from service.items.metrics import ITEMS_CREATED
 from service.items.models import Item
-from service.items.schemas import ItemCreate
+from service.items.schemas import ItemCreate, ItemRead
 from service.items.service import (
     ITEMS_CACHE,
     ItemFilters,
@@ -204,6 +206,14 @@ async def import_items(job: JobContext) -> JobOutcome:
                     state.reject(state.rows, checked)
             async with job.sessionmaker() as session:
                 session.add_all(new_items)
+                await session.flush()
+                # Live streams find these in the event log (a large import: a stream.reset).
+                await record_item_events(
+                    session=session,
+                    kind=ItemEventKind.created,
+                    owner_id=job.owner_id,
+                    items=[(item.id, _item_state(item)) for item in new_items],
+                )
                 state.stored += len(new_items)
                 await job.commit_progress(
                     session, done=state.rows, total=None, checkpoint=state.checkpoint()
@@ -218,6 +228,10 @@ async def import_items(job: JobContext) -> JobOutcome:
         await to_thread.run_sync(file.close)
     log.info("items_imported", rows=state.rows, stored=state.stored, invalid=state.invalid)
     return JobOutcome(result={**state.checkpoint(), "format": params.format})
+
+
+def _item_state(item: Item) -> dict[str, Any]:
+    return ItemRead.model_validate(item).model_dump(mode="json")
 
 
 def _take(rows: Iterator[object], count: int) -> list[object]:
