@@ -28,7 +28,7 @@ from service.main import create_app
 from service.settings import RealtimeSettings, Settings
 from service.users.models import Role
 from tests.conftest import Backend, LogFile, make_settings, started
-from tests.factories import API, Account, assert_problem, make_account, make_item
+from tests.factories import API, Account, assert_problem, make_account, make_api_key, make_item
 from tests.faults import running_redis
 from tests.streams import serving, sse, websocket
 
@@ -379,3 +379,34 @@ async def test_an_imports_items_reach_the_stream_from_the_event_log(live: Live) 
     assert [e["data"]["item"]["title"] for e in events] == ["First", "Second", "Third"]
     assert [e["id"] for e in events] == ["1", "2", "3"]
     assert {e["event"] for e in events} == {"item.created"}
+
+
+async def test_an_api_key_streams_until_it_is_revoked_and_a_ticket_opens_one_stream(
+    live: Live,
+) -> None:
+    owner = await make_account(live.client)
+    key = await make_api_key(live.client, owner)
+    async with sse(live.url, key.headers) as by_key:
+        ticket = (
+            await live.client.post(f"{API}/auth/stream-tickets", headers=owner.headers)
+        ).json()["ticket"]
+        async with sse(live.url, ticket=ticket) as by_ticket:
+            await make_item(live.client, owner)
+            assert (await by_ticket.next())["event"] == "item.created"
+            assert (await by_key.next())["event"] == "item.created"
+        async with sse(live.url, ticket=ticket) as reused:
+            assert reused.response.status_code == 401  # single use
+        async with websocket(live.url) as socket:
+            await socket.connection.send(f'{{"type": "auth", "api_key": "{key.key}"}}')
+            assert (await socket.next())["type"] == "stream.ready"
+            revoked = await live.client.delete(
+                f"{API}/service-accounts/{key.service_account_id}/keys/{key.id}",
+                headers=owner.headers,
+            )
+            assert revoked.status_code == 204, revoked.text
+            assert await socket.close_code() == (4401, "credentials_revoked")
+        closing = await by_key.next()
+        assert closing["data"]["reason"] == "credentials_revoked"
+    key_without_scope = await make_api_key(live.client, owner, "profile:read")
+    async with sse(live.url, key_without_scope.headers) as refused:
+        assert refused.response.status_code == 403
