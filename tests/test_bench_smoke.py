@@ -161,3 +161,19 @@ def test_the_parts_breakdown_leaves_the_rest_to_the_request_context() -> None:
     assert costs["tracing"] == ["2.0k", "2%"]
     rest = next(line for line in lines if "request context (the rest)" in line)
     assert rest.split()[-6:-4] == ["50.0k", "50%"]
+
+
+def test_realtime_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    result_file = tmp_path / "realtime.json"
+    completed = run_bench(
+        "bench/realtime.py",
+        *("--connections", "20", "--sse", "5", "--seconds", "2", "--json", str(result_file)),
+    )
+    assert "KiB/conn" in completed.stdout
+    report = json.loads(result_file.read_text())
+    assert set(report["worker_rss_mib"]) == {"before", "websockets", "sse"}
+    assert set(report["growth"]) == {"websockets", "sse"}
+    assert report["streams_ended_early"] == 0
+    for figures in (*report["delivery"].values(), report["post_answered"]):
+        assert figures["received"] == figures["expected"] > 0, figures
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"], figures
