@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from service.main import create_app
+from service.settings import RealtimeSettings, Settings
 from service.users.models import Role
-from tests.conftest import SetRole, make_settings
+from tests.conftest import Backend, SetRole, make_settings
 from tests.factories import (
     API,
     DEFAULT_PASSWORD,
@@ -77,6 +78,7 @@ MATRIX: dict[tuple[str, str], tuple[Outcome, ...]] = {
     ("GET", "/jobs/{job_id}/file"):   (LOGIN,  200,    200,    200,    HIDDEN, HIDDEN, HIDDEN),
     ("GET", "/jobs/{job_id}/events"): (LOGIN,  200,    200,    200,    HIDDEN, HIDDEN, HIDDEN),
     ("POST", "/auth/stream-tickets"): (LOGIN,  201,    SCOPE,  SCOPE,  201,    SCOPE,  SCOPE),
+    ("GET", "/events"):               (LOGIN,  200,    200,    200,    200,    200,    200),
     ("POST", "/auth/register"):       (201,    201,    201,    201,    201,    201,    201),
     ("POST", "/auth/token"):          (200,    200,    200,    200,    200,    200,    200),
     ("POST", "/auth/refresh"):        (200,    200,    200,    200,    200,    200,    200),
@@ -193,6 +195,13 @@ async def request_for(world: World, method: str, template: str) -> dict[str, Any
     if "{key_id}" in template:
         ids["key_id"] = (await make_api_key(client, user, service_account_id=world.account_id)).id
     return {"method": method, "url": API + template.format(**ids), **request}
+
+
+@pytest.fixture
+def settings(backend: Backend) -> Settings:
+    """Event streams (GET /events) end at once here: the matrix reads each answer whole."""
+    realtime = RealtimeSettings(max_stream_seconds=0.2)
+    return make_settings(backend.database_url, backend.redis_url, realtime=realtime)
 
 
 def outcome(response: httpx.Response) -> Outcome:

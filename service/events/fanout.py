@@ -59,6 +59,7 @@ class RedisFanOut:
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         self._lost = False
+        self._closing = False
 
     async def item_changed(self, event: ItemEvent) -> None:
         await self._publish(self._events_channel, encode(event))
@@ -82,7 +83,11 @@ class RedisFanOut:
         self._listener = asyncio.create_task(self._listen(), name="events-fan-out")
 
     async def close(self) -> None:
+        self._closing = True
         if self._listener is not None:
+            # The subscription's read ends with its connection: cancelled mid-read alone, it
+            # was seen never to return, holding up the shutdown.
+            await self._client.connection_pool.disconnect()
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
@@ -104,6 +109,8 @@ class RedisFanOut:
                     self._dispatch(message["channel"], message["data"])
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
+                if self._closing:
+                    return
                 if not self._lost:
                     self._lost = True
                     log.warning("event_fan_out_lost", error=str(exc))
