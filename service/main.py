@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from service import __version__, api, api_docs
+from service import __version__, api, api_docs, live_page
 from service.cache.responses import CachedAnswerHeaders
 from service.errors import document_errors, install_error_handlers
 from service.health.lifecycle import Lifecycle
@@ -54,6 +54,7 @@ def create_app(
     api.mount(app)
     if app.openapi_url is not None:
         api_docs.mount(app, openapi_url=app.openapi_url)
+        live_page.mount(app)
 
     # Middleware added later wraps what was added before. From the outside in:
     # trusted proxy (client address) -> security headers -> request context (span, ID,
