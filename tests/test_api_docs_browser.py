@@ -3,18 +3,16 @@ with every non-loopback request sent to a proxy that does not exist. Swagger UI 
 operations and the Authorize button, and every request the page made must be same-origin."""
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium_command
 from tests.processes import running_embedded_service
 
 BROWSER_TIMEOUT_SECONDS = 60
-# Loopback is always direct in Chromium; everything else goes to this port, where nothing listens.
-UNREACHABLE_PROXY = "http://127.0.0.1:9"
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +24,16 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def render(url: str, directory: Path) -> tuple[str, list[dict[str, str]], str]:
     """The DOM after the page's scripts ran, the requests Chromium logged, and its console."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is missing: run `make tools` (Debian's chromium package)")
     net_log = directory / "net-log.json"
     result = subprocess.run(
-        [
-            chromium,
-            "--headless=new",
-            "--no-sandbox",  # tests run as root, where Chromium's sandbox refuses to start
-            "--disable-gpu",
-            f"--user-data-dir={directory / 'profile'}",
-            f"--proxy-server={UNREACHABLE_PROXY}",
+        chromium_command(
+            directory / "profile",
             f"--log-net-log={net_log}",
             "--enable-logging=stderr",
             "--virtual-time-budget=10000",
             "--dump-dom",
             url,
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=BROWSER_TIMEOUT_SECONDS,

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.base import utc_now
@@ -29,7 +30,7 @@ from service.settings import RealtimeSettings, Settings
 from service.users.models import Role
 from tests.conftest import Backend, LogFile, make_settings, started
 from tests.factories import API, Account, assert_problem, make_account, make_api_key, make_item
-from tests.faults import running_redis
+from tests.faults import ProxyMode, running_proxy, running_redis
 from tests.streams import serving, sse, websocket
 
 
@@ -215,6 +216,8 @@ async def test_a_revoked_session_closes_its_streams_at_once(
         assert time.monotonic() - started_at < 5
     async with sse(live.url, owner.headers) as refused:
         assert refused.response.status_code == 401
+    async with websocket(live.url, owner.access_token) as refused_socket:
+        assert (await refused_socket.close_code())[0] == 4401
 
 
 async def test_limits_per_user_and_per_worker_refuse_clearly(
@@ -410,3 +413,18 @@ async def test_an_api_key_streams_until_it_is_revoked_and_a_ticket_opens_one_str
     key_without_scope = await make_api_key(live.client, owner, "profile:read")
     async with sse(live.url, key_without_scope.headers) as refused:
         assert refused.response.status_code == 403
+
+
+async def test_a_websocket_while_the_database_is_away_is_told_to_come_back_later(
+    backend: Backend, empty_database: AsyncEngine
+) -> None:
+    if backend.redis_url is None:
+        pytest.skip("the embedded default's database is a file")
+    with running_proxy(5432) as proxy:
+        url = make_url(backend.database_url).set(port=proxy.port).render_as_string(False)
+        async with live_app(realtime_settings(make_settings(url, backend.redis_url))) as live:
+            owner = await make_account(live.client)  # its token not yet checked, nor cached
+            await asyncio.to_thread(proxy.set_mode, ProxyMode.refuse)
+            async with websocket(live.url, owner.access_token) as socket:
+                assert await socket.close_code() == (1013, "database_unavailable")
+            await asyncio.to_thread(proxy.set_mode, ProxyMode.forward)

@@ -237,3 +237,28 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+async def test_a_recycled_worker_ends_its_streams_as_a_shutdown_does(
+    database_url: str, tmp_path: Path
+) -> None:
+    """max_requests recycles a worker without any signal to the app: its streams still end
+    with 1001 and the SSE retry, not with a cut socket or uvicorn's 1012."""
+    settings = pod_settings(
+        f"gh-e2e-recycle-{uuid.uuid4().hex[:8]}",
+        GLASSHOUSE_SERVER__MAX_REQUESTS="30",
+        GLASSHOUSE_SERVER__MAX_REQUESTS_JITTER="0",
+    )
+    with running_gunicorn(database_url, tmp_path, workers=1, **settings) as pod:
+        owner = await account_on(pod)
+        async with (
+            websocket(pod.url, owner.access_token) as socket,
+            sse(pod.url, owner.headers) as stream,
+            httpx.AsyncClient(base_url=pod.url, timeout=10) as client,
+        ):
+            assert (await socket.next())["type"] == "stream.ready"
+            for _ in range(30):
+                await client.get("/health/live")
+            assert await socket.close_code(within=15) == (1001, "server_shutdown")
+            closing = await _sse_until_closing(stream)
+            assert closing["data"]["reason"] == "server_shutdown"

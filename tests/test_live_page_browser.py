@@ -5,7 +5,6 @@ list; after a network loss it reconnects with last_event_id and shows what it mi
 
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,12 +19,11 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.browser import chromium_command
 from tests.processes import running_embedded_service
 
 BROWSER_START_SECONDS = 30
 WAIT_SECONDS = 20
-# Loopback is always direct in Chromium; everything else goes to this port, where nothing listens.
-UNREACHABLE_PROXY = "http://127.0.0.1:9"
 PASSWORD = "correct-horse-42"
 
 
@@ -144,21 +142,13 @@ class DevTools:
 
 @contextmanager
 def browser_page(directory: Path) -> Iterator[DevTools]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is missing: run `make tools` (Debian's chromium package)")
     profile = directory / "profile"
     process = subprocess.Popen(
-        [
-            chromium,
-            "--headless=new",
-            "--no-sandbox",  # tests run as root, where Chromium's sandbox refuses to start
-            "--disable-gpu",
-            f"--user-data-dir={profile}",
-            f"--proxy-server={UNREACHABLE_PROXY}",
+        chromium_command(
+            profile,
             "--remote-debugging-port=0",  # Chromium picks one and writes it in the profile
             "about:blank",
-        ],
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

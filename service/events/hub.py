@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import orjson
 import structlog
@@ -62,8 +63,8 @@ class Subscriber:
     closed: asyncio.Future[CloseReason] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    _filling: asyncio.Task[None] | None = None
-    _seen: int = 0  # the highest event number announced while a catch-up ran
+    catching_up: asyncio.Task[None] | None = None
+    announced: int = 0  # the highest event number announced while a catch-up ran
 
     def close(self, reason: CloseReason) -> None:
         if not self.closed.done():
@@ -76,10 +77,10 @@ class Subscriber:
             return self.closed.result()
         if not self.queue.empty():
             return self.queue.get_nowait()
-        getter: asyncio.Future[Message | CloseReason] = asyncio.ensure_future(self.queue.get())
-        closed: asyncio.Future[Message | CloseReason] = self.closed  # type: ignore[assignment]
+        getter = asyncio.ensure_future(self.queue.get())
+        waiters: set[asyncio.Future[Any]] = {getter, self.closed}
         done, _ = await asyncio.wait(
-            {getter, closed}, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED
+            waiters, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED
         )
         if getter in done:
             return getter.result()
@@ -158,13 +159,13 @@ class Hub:
         for subscriber in self._everyone:
             self._send(subscriber, Message(kind=kind, data=data))
         for subscriber in self._by_user.get(owner_id, ()):
-            if subscriber._filling is not None:
-                subscriber._seen = max(subscriber._seen, seq)
+            if subscriber.catching_up is not None:
+                subscriber.announced = max(subscriber.announced, seq)
             elif subscriber.last_seq is not None and seq == subscriber.last_seq + 1:
                 self._send(subscriber, Message(kind=kind, data=data, seq=seq))
                 subscriber.last_seq = seq
             elif subscriber.last_seq is not None and seq > subscriber.last_seq:
-                subscriber._seen = seq
+                subscriber.announced = seq
                 self._catch_up(subscriber)  # one or more went missing: read them
 
     def credentials_changed(self, user_id: int) -> None:
@@ -204,8 +205,8 @@ class Hub:
             subscriber.close(CloseReason.slow_consumer)
 
     def _catch_up(self, subscriber: Subscriber) -> None:
-        if subscriber._filling is None and not subscriber.closed.done():
-            subscriber._filling = task = asyncio.create_task(self._fill(subscriber))
+        if subscriber.catching_up is None and not subscriber.closed.done():
+            subscriber.catching_up = task = asyncio.create_task(self._fill(subscriber))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -220,12 +221,12 @@ class Hub:
             while True:
                 async with self._sessionmaker() as session:
                     sent = await self._read_missed(session, subscriber)
-                if not sent or subscriber._seen <= subscriber.last_seq:
+                if not sent or subscriber.announced <= subscriber.last_seq:
                     break
         except Exception as exc:  # the database is away: the next check tries again
             log.warning("event_catch_up_failed", error=f"{type(exc).__name__}: {exc}")
         finally:
-            subscriber._filling = None
+            subscriber.catching_up = None
 
     async def _read_missed(self, session: AsyncSession, subscriber: Subscriber) -> bool:
         """Sends what the stream missed; False if there was nothing."""
@@ -298,5 +299,5 @@ class Hub:
             for user_id, head in heads.items():
                 for subscriber in self._by_user.get(user_id, ()):
                     if subscriber.last_seq is not None and head > subscriber.last_seq:
-                        subscriber._seen = max(subscriber._seen, head)
+                        subscriber.announced = max(subscriber.announced, head)
                         self._catch_up(subscriber)

@@ -3,6 +3,7 @@ from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse
 
 from service.auth.dependencies import API_KEY_HEADER, AccessClaimsDep, ItemsStreamReader
@@ -197,6 +198,10 @@ async def _credential(
             "ws", "forbidden" if code == FORBIDDEN else "unauthorized"
         ).inc()
         await websocket.close(code, exc.code)
+        return None
+    except (SQLAlchemyError, OSError, TimeoutError):
+        # What a request would answer 503 database_unavailable: come back later.
+        await websocket.close(TRY_AGAIN_LATER, "database_unavailable")
         return None
 
 
