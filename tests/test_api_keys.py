@@ -791,7 +791,11 @@ def api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
     for route in app.router.routes:
         contexts = getattr(route, "effective_route_contexts", None)
         if callable(contexts):
-            found += [(context.path_format, context.original_route) for context in contexts()]
+            found += [
+                (context.path_format, context.original_route)
+                for context in contexts()
+                if isinstance(context.original_route, APIRoute)  # not the WebSocket route
+            ]
         elif isinstance(route, APIRoute):
             found.append((route.path_format, route))
     return found
