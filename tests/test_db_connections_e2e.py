@@ -90,6 +90,11 @@ async def watch_bursts(service_url: str, database_url: str) -> PoolWatch:
         path = f"{API}/items/{item.json()['id']}"
 
         await burst(client, path, headers)  # the pools fill up
+        # A backend reports its session with its next statistics, at most once a second and
+        # often only at its next transaction: one more burst, after that second, has every
+        # backend of the first report it before the counting starts.
+        await asyncio.sleep(1.2)
+        await burst(client, path, headers)
         after_first = await view.backends()
         opened = []
         for _ in range(BURSTS):
