@@ -128,6 +128,9 @@ async def test_a_websocket_without_credentials_is_closed_after_the_deadline(
             assert time.monotonic() - started_at < 3
         async with websocket(live.url, "not-a-token") as socket:
             assert await socket.close_code() == (4401, "invalid_token")
+        async with websocket(live.url) as socket:
+            await socket.connection.send('{"type": "subscribe"}')
+            assert await socket.close_code() == (4401, "auth_required")
 
 
 async def test_resuming_replays_what_was_missed_and_a_reset_when_too_far_behind(

@@ -126,18 +126,21 @@ async def item_events_socket(
     """Item events over a WebSocket (docs/realtime.md): the same messages as GET /events."""
     state = cast(AppState, websocket.scope["state"])
     realtime = state["settings"].realtime
-    token = offered_token(websocket.scope.get("subprotocols", []))
-    chosen = PROTOCOL if PROTOCOL in websocket.scope.get("subprotocols", []) else None
-    await websocket.accept(subprotocol=chosen)
+    offered = websocket.scope.get("subprotocols", [])
+    token = offered_token(offered)
+    await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     api_key = websocket.headers.get(API_KEY_HEADER)
     if token is None and (authorization := websocket.headers.get("authorization")):
         scheme, _, value = authorization.partition(" ")
         token = value if scheme.lower() == "bearer" else None
     if token is None and api_key is None:
-        first = await _first_message(websocket, realtime.auth_timeout_seconds)
-        if first is None:
+        try:
+            first = await _first_message(websocket, realtime.auth_timeout_seconds)
+        except WebSocketDisconnect:
+            return
+        if isinstance(first, str):
             metrics.STREAMS_REFUSED.labels("ws", "unauthorized").inc()
-            await websocket.close(UNAUTHORIZED, "auth_timeout")
+            await websocket.close(UNAUTHORIZED, first)
             return
         token, api_key = first
     credential = await _credential(websocket, state, token, api_key, everyone)
@@ -166,20 +169,23 @@ async def item_events_socket(
 
 async def _first_message(
     websocket: WebSocket, wait_seconds: float
-) -> tuple[str | None, str | None] | None:
-    """``{"type": "auth", "token": ...}`` or ``{"type": "auth", "api_key": ...}``."""
+) -> tuple[str | None, str | None] | str:
+    """``{"type": "auth", "token": ...}`` or ``{"type": "auth", "api_key": ...}``, or why
+    not: auth_timeout, or auth_required (anything else)."""
     try:
         async with asyncio.timeout(wait_seconds):
             raw = await websocket.receive_text()
         message: Any = orjson.loads(raw)
-    except (TimeoutError, ValueError, KeyError, RuntimeError, WebSocketDisconnect):
-        return None
+    except TimeoutError:
+        return "auth_timeout"
+    except (ValueError, KeyError):  # not JSON, or a binary frame
+        return "auth_required"
     if not isinstance(message, dict) or message.get("type") != "auth":
-        return None
+        return "auth_required"
     token, api_key = message.get("token"), message.get("api_key")
     if not isinstance(token, str | None) or not isinstance(api_key, str | None):
-        return None
-    return (token, api_key) if token or api_key else None
+        return "auth_required"
+    return (token, api_key) if token or api_key else "auth_required"
 
 
 async def _credential(
