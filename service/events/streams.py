@@ -103,9 +103,9 @@ async def serve_websocket(
 
 
 async def _read_until_closed(websocket: WebSocket, subscriber: Subscriber) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            await websocket.receive()  # what clients send after auth is ignored
+    # What clients send after authenticating is read and ignored.
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
     subscriber.close(CloseReason.client)
 
 
