@@ -35,7 +35,6 @@ class CloseReason(StrEnum):
     expired = "credentials_expired"
     slow_consumer = "slow_consumer"
     shutdown = "server_shutdown"
-    error = "server_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ DISCONNECT_REASONS = (
     "credentials_expired",
     "slow_consumer",
     "server_shutdown",
-    "server_error",
 )
 REFUSAL_REASONS = ("unauthorized", "forbidden", "too_many_for_user", "worker_full")
 

@@ -25,7 +25,6 @@ CLOSE_CODES: dict[CloseReason, int] = {
     CloseReason.client: 1000,
     CloseReason.shutdown: 1001,  # going away: reconnect, to another pod
     CloseReason.slow_consumer: 1008,  # policy: a client must keep up with its stream
-    CloseReason.error: 1011,
     CloseReason.revoked: 4401,
     CloseReason.expired: 4401,
 }
@@ -55,13 +54,12 @@ async def _until_end(subscriber: Subscriber, ends_at: datetime) -> AsyncIterator
             return
 
 
-def _finished(subscriber: Subscriber, opened: float) -> CloseReason:
+def _finished(subscriber: Subscriber, opened: float) -> None:
     reason = subscriber.closed.result() if subscriber.closed.done() else CloseReason.client
     metrics.STREAM_DURATION.labels(subscriber.transport, reason.value).observe(
         time.monotonic() - opened
     )
     log.info("stream_closed", transport=subscriber.transport, reason=reason.value)
-    return reason
 
 
 async def serve_websocket(
