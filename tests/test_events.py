@@ -179,6 +179,20 @@ async def test_an_event_whose_message_was_never_published_still_arrives(live: Li
         assert time.monotonic() - started_at < 2
 
 
+async def test_writes_at_once_are_numbered_once_each_from_the_first(live: Live) -> None:
+    """A new user's first writes race to create the counter; later ones queue on its row."""
+    owner = await make_account(live.client)
+    items = await asyncio.gather(*(make_item(live.client, owner) for _ in range(12)))
+    async with live.state["sessionmaker"]() as session:
+        logged = (
+            await session.execute(
+                select(ItemEvent.seq, ItemEvent.item_id).where(ItemEvent.owner_id == owner.id)
+            )
+        ).all()
+    assert sorted(seq for seq, _ in logged) == list(range(1, 13))
+    assert sorted(item_id for _, item_id in logged) == sorted(item["id"] for item in items)
+
+
 @pytest.mark.parametrize("revoke", ["logout", "password_change", "deactivation", "deletion"])
 async def test_a_revoked_session_closes_its_streams_at_once(
     live: Live, revoke: str, set_role: Any

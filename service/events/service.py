@@ -2,14 +2,20 @@
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.base import utc_now
 from service.events.models import EventSequence, ItemEvent
 from service.events.schemas import ItemEventKind
+
+# Written with Core statements on the tables: an event is written once and never loaded back
+# into the writer's session, so the ORM's bookkeeping would be spent on every write for nothing.
+_EVENTS = cast(Table, ItemEvent.__table__)
+_SEQUENCES = cast(Table, EventSequence.__table__)
 
 
 async def record_item_event(
@@ -38,28 +44,60 @@ async def record_item_events(
     if not items:
         return []
     first = await _take_seqs(session, owner_id, len(items))
+    now = utc_now()
     events = [
-        ItemEvent(owner_id=owner_id, seq=first + n, kind=kind.value, item_id=item_id, item=item)
+        ItemEvent(
+            owner_id=owner_id,
+            seq=first + n,
+            kind=kind.value,
+            item_id=item_id,
+            item=item,
+            created_at=now,
+        )
         for n, (item_id, item) in enumerate(items)
     ]
-    session.add_all(events)
-    await session.flush()
+    await session.execute(
+        insert(_EVENTS),
+        [
+            {
+                "owner_id": event.owner_id,
+                "seq": event.seq,
+                "kind": event.kind,
+                "item_id": event.item_id,
+                "item": event.item,
+                "created_at": event.created_at,
+            }
+            for event in events
+        ],
+    )
     return events
 
 
 async def _take_seqs(session: AsyncSession, owner_id: int, count: int) -> int:
     """The first of ``count`` new event numbers for the owner."""
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
     bump = (
-        dialect.insert(EventSequence)
-        .values(owner_id=owner_id, last_seq=count)
-        .on_conflict_do_update(
-            index_elements=[EventSequence.owner_id],
-            set_={"last_seq": EventSequence.last_seq + count},
-        )
-        .returning(EventSequence.last_seq)
+        update(_SEQUENCES)
+        .where(_SEQUENCES.c.owner_id == owner_id)
+        .values(last_seq=_SEQUENCES.c.last_seq + count)
+        .returning(_SEQUENCES.c.last_seq)
     )
-    return int((await session.execute(bump)).scalar_one()) - count + 1
+    last = await session.scalar(bump)
+    if last is None:
+        # The owner's first event creates the counter. An upsert, as two first writes can
+        # race; not the everyday statement, because SQLAlchemy compiles the dialects' ON
+        # CONFLICT statements anew each time (they have no cache key).
+        dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+        create = (
+            dialect.insert(_SEQUENCES)
+            .values(owner_id=owner_id, last_seq=count)
+            .on_conflict_do_update(
+                index_elements=[_SEQUENCES.c.owner_id],
+                set_={"last_seq": _SEQUENCES.c.last_seq + count},
+            )
+            .returning(_SEQUENCES.c.last_seq)
+        )
+        last = await session.scalar(create)
+    return int(last) - count + 1
 
 
 async def events_after(
