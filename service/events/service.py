@@ -45,32 +45,19 @@ async def record_item_events(
         return []
     first = await _take_seqs(session, owner_id, len(items))
     now = utc_now()
-    events = [
-        ItemEvent(
-            owner_id=owner_id,
-            seq=first + n,
-            kind=kind.value,
-            item_id=item_id,
-            item=item,
-            created_at=now,
-        )
+    rows = [
+        {
+            "owner_id": owner_id,
+            "seq": first + n,
+            "kind": kind.value,
+            "item_id": item_id,
+            "item": item,
+            "created_at": now,
+        }
         for n, (item_id, item) in enumerate(items)
     ]
-    await session.execute(
-        insert(_EVENTS),
-        [
-            {
-                "owner_id": event.owner_id,
-                "seq": event.seq,
-                "kind": event.kind,
-                "item_id": event.item_id,
-                "item": event.item,
-                "created_at": event.created_at,
-            }
-            for event in events
-        ],
-    )
-    return events
+    await session.execute(insert(_EVENTS), rows)
+    return [ItemEvent(**row) for row in rows]
 
 
 async def _take_seqs(session: AsyncSession, owner_id: int, count: int) -> int:
