@@ -4,12 +4,13 @@ gives up, and requeues a job whose worker died. The worker process is tested in
 test_jobs_e2e.py."""
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -22,6 +23,7 @@ from service.items.models import Item
 from service.jobs import service as jobs_service
 from service.jobs.models import Job
 from service.jobs.service import NewJob
+from service.jobs.sweeper import LeaderLock, Sweeper
 from service.settings import JobsSettings, Settings
 from service.users.models import Role
 from tests.conftest import RunningApp, SetRole, make_settings, running_app
@@ -462,6 +464,51 @@ async def test_a_worker_whose_lease_was_taken_changes_nothing(
             )
             is None
         )
+
+
+class CancelSwallowingLock:
+    """The sweeper's lock, as a client library that meets the task's cancellation and returns
+    anyway behaves (redis-py's pub/sub read was seen to keep going once cancelled); once."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    async def hold(self) -> bool:
+        if not self.asked.is_set():
+            self.asked.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_stopped_sweeper_ends_even_when_its_cancellation_is_lost(
+    settings: Settings, empty_database: AsyncEngine
+) -> None:
+    quick = jobs_settings(settings, sweep_interval_seconds=0.05)
+    async with running_app(quick) as app:
+        jobs = app.state["jobs"]
+        lock = CancelSwallowingLock()
+        sweeper = Sweeper(
+            settings=quick,
+            sessionmaker=app.state["sessionmaker"],
+            queue=jobs.queue,
+            storage=jobs.storage,
+            events=jobs.events,
+            lock=cast(LeaderLock, lock),
+        )
+        task = asyncio.create_task(sweeper.run())
+        await asyncio.wait_for(lock.asked.wait(), timeout=5)
+        # What Jobs.close does: stop, then cancel.
+        sweeper.stop()
+        task.cancel()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert done, "the sweeper went on after it was stopped and cancelled"
+        finally:
+            task.cancel()
 
 
 def test_retry_delays_double_up_to_the_cap() -> None:

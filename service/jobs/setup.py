@@ -38,6 +38,8 @@ class Jobs:
 
     async def close(self) -> None:
         # The sweeper first (it kicks jobs), then the jobs still running (handed back).
+        if self.sweeper is not None:
+            self.sweeper.stop()
         for task in self.background:
             task.cancel()
         if self.background:

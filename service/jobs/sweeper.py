@@ -73,18 +73,28 @@ class Sweeper:
         self.storage = storage
         self.events = events
         self.lock = lock
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Ends the loop at its next turn. Cancelling the task alone is not enough: a client
+        library that meets the cancellation may return or raise its own error instead, and a
+        sweeper that outlives its process's shutdown would keep requeuing jobs."""
+        self.stopped = True
 
     async def run(self) -> None:
         interval = self.settings.jobs.sweep_interval_seconds
         try:
-            while True:
+            while not self.stopped:
                 # A sweep's interval after start first: a fresh process has nothing to sweep.
                 await asyncio.sleep(interval)
                 if self.lock is None or await self.lock.hold():
+                    if self.stopped:
+                        break
                     try:
                         await self.sweep()
                     except Exception:
-                        log.exception("sweep_failed")
+                        if not self.stopped:
+                            log.exception("sweep_failed")
                 else:
                     QUEUE_GAUGES.forget()
         finally:
