@@ -23,7 +23,7 @@ from service.items.models import Item
 from service.jobs import service as jobs_service
 from service.jobs.models import Job
 from service.jobs.service import NewJob
-from service.jobs.sweeper import LeaderLock, Sweeper
+from service.jobs.sweeper import LeaderLock
 from service.settings import JobsSettings, Settings
 from service.users.models import Role
 from tests.conftest import RunningApp, SetRole, make_settings, running_app
@@ -484,31 +484,24 @@ class CancelSwallowingLock:
         pass
 
 
-async def test_a_stopped_sweeper_ends_even_when_its_cancellation_is_lost(
+async def test_the_apps_sweeper_ends_at_shutdown_even_when_its_cancellation_is_lost(
     settings: Settings, empty_database: AsyncEngine
 ) -> None:
     quick = jobs_settings(settings, sweep_interval_seconds=0.05)
     async with running_app(quick) as app:
         jobs = app.state["jobs"]
+        assert jobs.sweeper is not None
+        [sweeping] = jobs.background
+        if jobs.sweeper.lock is not None:
+            await jobs.sweeper.lock.close()
         lock = CancelSwallowingLock()
-        sweeper = Sweeper(
-            settings=quick,
-            sessionmaker=app.state["sessionmaker"],
-            queue=jobs.queue,
-            storage=jobs.storage,
-            events=jobs.events,
-            lock=cast(LeaderLock, lock),
-        )
-        task = asyncio.create_task(sweeper.run())
+        jobs.sweeper.lock = cast(LeaderLock, lock)
         await asyncio.wait_for(lock.asked.wait(), timeout=5)
-        # What Jobs.close does: stop, then cancel.
-        sweeper.stop()
-        task.cancel()
-        try:
-            done, _ = await asyncio.wait({task}, timeout=5)
-            assert done, "the sweeper went on after it was stopped and cancelled"
-        finally:
-            task.cancel()
+    # The app has shut down (Jobs.close) while the sweeper was inside the lock's call.
+    try:
+        assert sweeping.done(), "the sweeper outlived its app"
+    finally:
+        sweeping.cancel()
 
 
 def test_retry_delays_double_up_to_the_cap() -> None:
