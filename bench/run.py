@@ -5,8 +5,11 @@ observability off, fully on exporting traces to a local OTLP sink at 100% and at
 the standard wiring (the named instrumentation libraries) at 10%, the baseline (a git worktree
 of an earlier commit, observability off: what the database path cost before), and a bare
 FastAPI app as the ceiling. Each variant has a PostgreSQL database of its own, so that the
-sessions it opens can be counted. After one short warm-up run per endpoint and variant, round
-after round, alternating the variants (A B C, C B A, ...), it drives each endpoint with wrk.
+sessions it opens can be counted. On the uncached read and create it also measures the
+database floor (bench/database_floor_app.py, on the "off" variant's database): FastAPI and
+SQLAlchemy's async session alone, with the service's engine and pool. After one short warm-up
+run per endpoint and variant, round after round, alternating the variants (A B C, C B A, ...),
+it drives each endpoint with wrk.
 Each figure is the median of the rounds; each ratio is the median of the rounds' own ratios,
 whose two runs were measured close together in time, so that the machine's drift between
 rounds cancels out:
@@ -86,6 +89,8 @@ LIST_QUERY = "status=doing&priority=2&sort=title&limit=20"
 STEADY_CONNECTIONS = 8
 # The endpoints whose work is the database's: what the baseline is compared on.
 DATABASE_PATH = ("b", "c", "e")
+FLOOR = "floor"
+FLOOR_ENDPOINTS = ("b", "c")
 
 
 @dataclass
@@ -95,6 +100,7 @@ class Target:
     database: str
     token: str = ""
     item_id: int = 0
+    owner_id: int = 0
     # Endpoint e's user: its items stay as prepared (c creates items for the other user).
     list_token: str = ""
     startup_seconds: float = 0.0
@@ -201,6 +207,7 @@ def prepare(target: Target) -> None:
         headers = {"Authorization": f"Bearer {target.token}"}
         item = client.post("/api/v1/items", json={"title": "Water the ferns"}, headers=headers)
         target.item_id = item.raise_for_status().json()["id"]
+        target.owner_id = item.json()["owner_id"]
         client.get(f"/api/v1/items/{target.item_id}", headers=headers).raise_for_status()
         target.list_token = new_user_token(client)
         headers = {"Authorization": f"Bearer {target.list_token}"}
@@ -479,6 +486,25 @@ def main() -> int:
             )
         )
         pin_workers(bare)
+        off = targets["off"]
+        floor = Target(
+            FLOOR,
+            stack.enter_context(
+                running_gunicorn(
+                    make_url(POSTGRES_ADMIN_URL)
+                    .set(database=off.database)
+                    .render_as_string(hide_password=False),
+                    workdir / FLOOR,
+                    workers=1,
+                    app="bench.database_floor_app:app",
+                    BENCH_FLOOR_OWNER_ID=str(off.owner_id),
+                )
+            ),
+            off.database,
+            token=off.token,
+            item_id=off.item_id,
+        )
+        pin_workers(floor.server)
         pin_load_generator()  # after the servers started: they must not inherit it
 
         measured = tuple(targets)
@@ -491,14 +517,18 @@ def main() -> int:
                     f"warm-up {name:12} {endpoint}: {sample.new_connections:3.0f} new connections",
                     file=sys.stderr,
                 )
+        for endpoint in FLOOR_ENDPOINTS:
+            run_once(floor, endpoint, 1, args.connections, counter)
 
         for round_number in range(args.rounds):
             order = measured if round_number % 2 == 0 else tuple(reversed(measured))
             for endpoint in ENDPOINTS:
-                for name in order:
-                    sample = run_once(
-                        targets[name], endpoint, args.seconds, args.connections, counter
-                    )
+                runs = [targets[name] for name in order]
+                if endpoint in FLOOR_ENDPOINTS:
+                    runs.append(floor)
+                for target in runs:
+                    name = target.name
+                    sample = run_once(target, endpoint, args.seconds, args.connections, counter)
                     results.add(f"{name}/{endpoint}", sample)
                     print(
                         f"round {round_number + 1} {name:12} {endpoint}: {sample.rps:8.0f} rps"
@@ -590,6 +620,13 @@ def build_report(
             ratios[f"worker CPU, off / baseline ({e})"] = ratio(
                 f"{BASELINE}/{e}", f"off/{e}", of="worker_cpu_us"
             )
+        # The floor against the same baseline: how far reading and writing through
+        # SQLAlchemy's async session lets the service go at best.
+        for e in FLOOR_ENDPOINTS:
+            ratios[f"floor / baseline ({e})"] = ratio(f"{FLOOR}/{e}", f"{BASELINE}/{e}")
+            ratios[f"worker CPU, floor / baseline ({e})"] = ratio(
+                f"{BASELINE}/{e}", f"{FLOOR}/{e}", of="worker_cpu_us"
+            )
     ratios["cached read on-10% / bare"] = ratio("on-10%/a", "bare/a")
     ratios["cached read off / bare"] = ratio("off/a", "bare/a")
     ratios["cached / uncached read (on-10%)"] = ratio("on-10%/a", "on-10%/b")
@@ -665,6 +702,18 @@ def render(report: dict[str, Any]) -> str:
                 f"   {base['worker_cpu_us']:11.0f} {off['worker_cpu_us']:6.0f}"
                 f" {report['ratios'][f'worker CPU, off / baseline ({endpoint})']:9.2f}"
                 f"   {base['p99_ms']:.1f}/{off['p99_ms']:.1f}"
+            )
+        lines += [
+            "",
+            "the database floor (FastAPI + SQLAlchemy's session only) against the baseline:",
+        ]
+        for endpoint in FLOOR_ENDPOINTS:
+            base, floor = medians[f"{BASELINE}/{endpoint}"], medians[f"{FLOOR}/{endpoint}"]
+            lines.append(
+                f"{endpoint} {ENDPOINTS[endpoint]:22} {floor['rps']:9.0f} rps"
+                f" {report['ratios'][f'floor / baseline ({endpoint})']:5.2f}x the baseline,"
+                f" {floor['worker_cpu_us']:6.0f} us CPU (half the baseline's:"
+                f" {base['worker_cpu_us'] / 2:.0f})"
             )
     lines += ["", "new PostgreSQL connections per run, warm-up / median / max of the rounds:"]
     connections = report["new_postgres_connections_per_run"]

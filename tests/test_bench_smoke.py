@@ -45,6 +45,10 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
             assert sample["rps"] > 0
             assert sample["errors"] == 0, (variant, endpoint, sample)
     assert report["medians"]["bare/a"]["rps"] > 0
+    for endpoint in "bc":  # the database floor answers as the service does
+        sample = report["medians"][f"floor/{endpoint}"]
+        assert sample["rps"] > 0
+        assert sample["errors"] == 0, (endpoint, sample)
     assert report["spans_received_by_sink"] > 0  # the "on" variants really exported traces
     assert set(report["worker_rss_mb"]) == variants
     connections = report["new_postgres_connections_per_run"]
