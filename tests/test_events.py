@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -183,14 +184,46 @@ async def test_writes_at_once_are_numbered_once_each_from_the_first(live: Live) 
     """A new user's first writes race to create the counter; later ones queue on its row."""
     owner = await make_account(live.client)
     items = await asyncio.gather(*(make_item(live.client, owner) for _ in range(12)))
+    # Once the counter exists (on PostgreSQL, numbered in the event's own statement).
+    items += await asyncio.gather(*(make_item(live.client, owner) for _ in range(12)))
     async with live.state["sessionmaker"]() as session:
         logged = (
             await session.execute(
                 select(ItemEvent.seq, ItemEvent.item_id).where(ItemEvent.owner_id == owner.id)
             )
         ).all()
-    assert sorted(seq for seq, _ in logged) == list(range(1, 13))
+    assert sorted(seq for seq, _ in logged) == list(range(1, 25))
     assert sorted(item_id for _, item_id in logged) == sorted(item["id"] for item in items)
+
+
+async def test_on_postgresql_an_item_write_numbers_and_stores_its_event_in_one_statement(
+    live: Live,
+) -> None:
+    """Every statement is a round trip and a pass through SQLAlchemy in each item write."""
+    engine = live.state["engine"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no data-modifying CTE")
+    account = await make_account(live.client)
+    await make_item(live.client, account)  # the first event creates the counter
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])  # (connection, cursor, statement, ...)
+
+    sqlalchemy_event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await make_item(live.client, account, title="Second")
+    finally:
+        sqlalchemy_event.remove(engine.sync_engine, "before_cursor_execute", record)
+    writes = [s for s in statements if "item_events" in s or "event_sequences" in s]
+    assert len(writes) == 1, statements
+    assert "UPDATE event_sequences" in writes[0]
+    assert "INSERT INTO item_events" in writes[0]
+    async with live.state["sessionmaker"]() as session:
+        seqs = await session.scalars(
+            select(ItemEvent.seq).where(ItemEvent.owner_id == account.id).order_by(ItemEvent.seq)
+        )
+        assert list(seqs) == [1, 2]
 
 
 @pytest.mark.parametrize("revoke", ["logout", "password_change", "deactivation", "deletion"])

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +16,32 @@ from service.events.schemas import ItemEventKind
 # into the writer's session, so the ORM's bookkeeping would be spent on every write for nothing.
 _EVENTS = cast(Table, ItemEvent.__table__)
 _SEQUENCES = cast(Table, EventSequence.__table__)
+
+# PostgreSQL numbers and stores an item write's event in one statement (the counter's UPDATE
+# as a data-modifying CTE): one statement fewer in every write's transaction. It inserts
+# nothing when the owner has no counter yet, and the two-step path below creates it.
+_BUMPED = (
+    update(_SEQUENCES)
+    .where(_SEQUENCES.c.owner_id == bindparam("event_owner_id"))
+    .values(last_seq=_SEQUENCES.c.last_seq + 1)
+    .returning(_SEQUENCES.c.last_seq)
+    .cte("bumped")
+)
+_INSERT_NEXT_EVENT = (
+    insert(_EVENTS)
+    .from_select(
+        ["owner_id", "seq", "kind", "item_id", "item", "created_at"],
+        select(
+            bindparam("event_owner_id", type_=_EVENTS.c.owner_id.type),
+            _BUMPED.c.last_seq,
+            bindparam("event_kind", type_=_EVENTS.c.kind.type),
+            bindparam("event_item_id", type_=_EVENTS.c.item_id.type),
+            bindparam("event_item", type_=_EVENTS.c.item.type),
+            bindparam("event_created_at", type_=_EVENTS.c.created_at.type),
+        ),
+    )
+    .returning(_EVENTS.c.seq)
+)
 
 
 async def record_item_event(
@@ -43,8 +69,23 @@ async def record_item_events(
     """One event per (item id, item state), numbered in one step (an import's batch)."""
     if not items:
         return []
-    first = await _take_seqs(session, owner_id, len(items))
     now = utc_now()
+    if len(items) == 1 and session.bind.dialect.name == "postgresql":
+        [(item_id, item)] = items
+        row = {
+            "owner_id": owner_id,
+            "kind": kind.value,
+            "item_id": item_id,
+            "item": item,
+            "created_at": now,
+        }
+        # Its parameters are not named as columns: those would be taken for the UPDATE's SET.
+        seq = await session.scalar(
+            _INSERT_NEXT_EVENT, {f"event_{name}": value for name, value in row.items()}
+        )
+        if seq is not None:
+            return [ItemEvent(**row, seq=seq)]
+    first = await _take_seqs(session, owner_id, len(items))
     rows = [
         {
             "owner_id": owner_id,
