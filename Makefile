@@ -53,7 +53,7 @@ check: lint typecheck test test-standard  ## Everything CI runs
 migrate: install  ## Apply database migrations to DATABASE_URL (or the embedded SQLite file)
 	$(RUN) alembic upgrade head
 
-bench: install tools  ## Measure what observability and the database path cost (about 13 minutes; writes bench/results/latest.json)
+bench: install tools  ## Measure what observability and the database path cost (about 15 minutes; writes bench/results/latest.json)
 	$(RUN) python bench/run.py
 
 bench-inprocess: install  ## CPU time per request of each variant, in one process (about a minute)
