@@ -70,33 +70,25 @@ async def record_item_events(
     if not items:
         return []
     now = utc_now()
-    if len(items) == 1 and session.bind.dialect.name == "postgresql":
-        [(item_id, item)] = items
-        row = {
-            "owner_id": owner_id,
-            "kind": kind.value,
-            "item_id": item_id,
-            "item": item,
-            "created_at": now,
-        }
-        # Its parameters are not named as columns: those would be taken for the UPDATE's SET.
-        seq = await session.scalar(
-            _INSERT_NEXT_EVENT, {f"event_{name}": value for name, value in row.items()}
-        )
-        if seq is not None:
-            return [ItemEvent(**row, seq=seq)]
-    first = await _take_seqs(session, owner_id, len(items))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "owner_id": owner_id,
-            "seq": first + n,
             "kind": kind.value,
             "item_id": item_id,
             "item": item,
             "created_at": now,
         }
-        for n, (item_id, item) in enumerate(items)
+        for item_id, item in items
     ]
+    if len(rows) == 1 and session.bind.dialect.name == "postgresql":
+        # Its parameters are not named as columns: those would be taken for the UPDATE's SET.
+        parameters = {f"event_{name}": value for name, value in rows[0].items()}
+        seq = await session.scalar(_INSERT_NEXT_EVENT, parameters)
+        if seq is not None:
+            return [ItemEvent(**rows[0], seq=seq)]
+    first = await _take_seqs(session, owner_id, len(rows))
+    for n, row in enumerate(rows):
+        row["seq"] = first + n
     await session.execute(insert(_EVENTS), rows)
     return [ItemEvent(**row) for row in rows]
 
