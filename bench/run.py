@@ -708,12 +708,13 @@ def render(report: dict[str, Any]) -> str:
             "the database floor (FastAPI + SQLAlchemy's session only) against the baseline:",
         ]
         for endpoint in FLOOR_ENDPOINTS:
-            base, floor = medians[f"{BASELINE}/{endpoint}"], medians[f"{FLOOR}/{endpoint}"]
+            floor = medians[f"{FLOOR}/{endpoint}"]
             lines.append(
                 f"{endpoint} {ENDPOINTS[endpoint]:22} {floor['rps']:9.0f} rps"
                 f" {report['ratios'][f'floor / baseline ({endpoint})']:5.2f}x the baseline,"
-                f" {floor['worker_cpu_us']:6.0f} us CPU (half the baseline's:"
-                f" {base['worker_cpu_us'] / 2:.0f})"
+                f" {floor['worker_cpu_us']:6.0f} us CPU,"
+                f" {1 / report['ratios'][f'worker CPU, floor / baseline ({endpoint})']:.2f}"
+                " of the baseline's"
             )
     lines += ["", "new PostgreSQL connections per run, warm-up / median / max of the rounds:"]
     connections = report["new_postgres_connections_per_run"]
